@@ -1,0 +1,14 @@
+//! The wire schema of CipherHorizon, generated from `proto/horizon/v1/events.proto`.
+//!
+//! These are plain prost messages: the contract other services (in any language) produce and
+//! consume. The domain never works on them directly; `horizon-core`'s codec converts them to
+//! exact domain types and rejects malformed or mismatched payloads.
+
+#![allow(clippy::all)]
+
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/horizon.v1.rs"));
+}
+
+/// The schema files, for tools that generate code in other languages from the same contract.
+pub const EVENTS_PROTO: &str = include_str!("../horizon/v1/events.proto");

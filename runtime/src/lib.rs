@@ -1,0 +1,1 @@
+//! Edges of CipherHorizon: the Kafka backend, the service process and the query API.

@@ -1,0 +1,1 @@
+//! Deterministic simulated Kafka broker (see issue: simulator).
