@@ -15,3 +15,8 @@ pub mod event;
 
 pub use fixed::Fixed;
 pub use time::Timestamp;
+pub mod bus;
+pub mod topics;
+pub mod service;
+pub mod processor;
+pub mod memory;

@@ -1,0 +1,281 @@
+//! The processing loop: consume, decode, handle, publish outputs, commit. It exists once and is
+//! generic over the bus, so the in-memory bus, the simulator and Kafka all run this code.
+//!
+//! Guarantees: an input's offset is committed only after every output it caused is acknowledged
+//! by the broker (at-least-once; handlers are idempotent, so effects are applied once). A record
+//! that cannot be decoded or is rejected goes to the dead-letter topic with the reason, the
+//! original bytes and its source, and processing continues. A newly assigned partition's task is
+//! restored by replaying the partition up to the committed offset with outputs discarded (they
+//! were published before that offset was committed). The loop never sleeps: when the broker is
+//! unavailable it reports `Retry` and its driver waits (virtual time in the simulator, a real
+//! backoff in production), then calls `step` again to resend what is pending.
+
+use crate::bus::{partition_for, BusError, Consumer, Polled, Producer, Record, Topic, TopicPartition};
+use crate::event::{Event, EventType};
+use crate::service::{Output, Service};
+use crate::topics;
+use bytes::Bytes;
+use horizon_proto::v1 as pb;
+use prost::Message;
+use std::collections::BTreeMap;
+
+/// Records fetched per read while restoring a task.
+const RESTORE_CHUNK: u64 = 4096;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    pub records_in: u64,
+    pub events_in: BTreeMap<EventType, u64>,
+    pub outputs: u64,
+    pub dead_letters: u64,
+    pub restored_records: u64,
+    pub redelivered_skipped: u64,
+    pub publish_retries: u64,
+    pub commits: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// Handled this many records (0 for an assignment change).
+    Progress(usize),
+    /// Nothing to consume and nothing pending.
+    Idle,
+    /// The broker refused; call `step` again after a backoff.
+    Retry(BusError),
+}
+
+struct PendingRecord {
+    topic: Topic,
+    partition: u32,
+    key: Bytes,
+    value: Bytes,
+}
+
+struct Task<St> {
+    state: St,
+    /// Next offset to apply per partition; older records are redeliveries.
+    next: BTreeMap<TopicPartition, u64>,
+}
+
+pub struct Processor<S: Service> {
+    service: S,
+    tasks: BTreeMap<u32, Task<S::State>>,
+    pending: Vec<PendingRecord>,
+    to_commit: BTreeMap<TopicPartition, u64>,
+    outputs: Vec<Output>,
+    pub stats: Stats,
+}
+
+impl<S: Service> Processor<S> {
+    pub fn new(service: S) -> Self {
+        Processor {
+            service,
+            tasks: BTreeMap::new(),
+            pending: Vec::new(),
+            to_commit: BTreeMap::new(),
+            outputs: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn service(&self) -> &S {
+        &self.service
+    }
+
+    /// The state of every task this member owns, by task id.
+    pub fn states(&self) -> impl Iterator<Item = (u32, &S::State)> {
+        self.tasks.iter().map(|(id, t)| (*id, &t.state))
+    }
+
+    /// True when nothing awaits acknowledgement or commit.
+    pub fn is_settled(&self) -> bool {
+        self.pending.is_empty() && self.to_commit.is_empty()
+    }
+
+    /// One turn of the loop.
+    pub fn step<C: Consumer, P: Producer>(&mut self, consumer: &mut C, producer: &mut P, max_records: usize) -> Result<StepOutcome, BusError> {
+        if !self.is_settled() {
+            if let Err(e) = self.settle(consumer, producer) {
+                return retry_or_fail(e);
+            }
+        }
+        match consumer.poll(max_records) {
+            Ok(Polled::Idle) => Ok(StepOutcome::Idle),
+            Ok(Polled::Records(records)) if records.is_empty() => Ok(StepOutcome::Idle),
+            Ok(Polled::Records(records)) => {
+                let n = records.len();
+                for r in &records {
+                    self.process(r);
+                }
+                if let Err(e) = self.settle(consumer, producer) {
+                    return retry_or_fail(e);
+                }
+                Ok(StepOutcome::Progress(n))
+            }
+            Ok(Polled::Assigned(tps)) => {
+                if let Err(e) = self.restore(consumer, &tps) {
+                    return retry_or_fail(e);
+                }
+                Ok(StepOutcome::Progress(0))
+            }
+            Ok(Polled::Revoked(tps)) => {
+                self.revoke(&tps);
+                Ok(StepOutcome::Progress(0))
+            }
+            Err(e) => retry_or_fail(e),
+        }
+    }
+
+    /// Drops all in-memory state, as a crash would.
+    pub fn crash(&mut self) {
+        self.tasks.clear();
+        self.pending.clear();
+        self.to_commit.clear();
+        self.outputs.clear();
+    }
+
+    fn process(&mut self, r: &Record) {
+        self.stats.records_in += 1;
+        let tp = r.tp();
+        let task_id = self.service.task(tp);
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            // Not ours (a poll raced a revocation): the owner will process it.
+            return;
+        };
+        let next = task.next.entry(tp).or_insert(0);
+        if r.offset < *next {
+            self.stats.redelivered_skipped += 1;
+            return;
+        }
+        *next = r.offset + 1;
+        self.to_commit.insert(tp, r.offset + 1);
+        let event = match Event::decode(&r.value) {
+            Ok(e) => e,
+            Err(e) => {
+                self.dead_letter(r, &e.to_string(), "");
+                return;
+            }
+        };
+        *self.stats.events_in.entry(event.event_type()).or_insert(0) += 1;
+        self.outputs.clear();
+        match self.service.handle(&mut task.state, &event, &mut self.outputs) {
+            Ok(()) => {
+                for o in self.outputs.drain(..) {
+                    let partition = partition_for(o.key.as_bytes(), topics::partitions(o.topic));
+                    self.pending.push(PendingRecord {
+                        topic: o.topic,
+                        partition,
+                        key: Bytes::from(o.key.into_bytes()),
+                        value: Bytes::from(o.event.encode()),
+                    });
+                    self.stats.outputs += 1;
+                }
+            }
+            Err(rejection) => {
+                let id = event.id.clone();
+                self.dead_letter(r, &rejection.0, &id);
+            }
+        }
+    }
+
+    fn dead_letter(&mut self, r: &Record, reason: &str, event_id: &str) {
+        self.stats.dead_letters += 1;
+        let letter = pb::DeadLetter {
+            reason: reason.to_string(),
+            original: r.value.clone(),
+            source_topic: r.topic.to_string(),
+            source_partition: r.partition,
+            source_offset: r.offset,
+            service: self.service.name().to_string(),
+            event_id: event_id.to_string(),
+        };
+        let key = format!("{}/{}/{}", r.topic, r.partition, r.offset);
+        let partition = partition_for(key.as_bytes(), topics::partitions(topics::DEADLETTER));
+        self.pending.push(PendingRecord {
+            topic: topics::DEADLETTER,
+            partition,
+            key: Bytes::from(key.into_bytes()),
+            value: Bytes::from(letter.encode_to_vec()),
+        });
+    }
+
+    /// Publishes what is pending, waits for acknowledgement, then commits.
+    fn settle<C: Consumer, P: Producer>(&mut self, consumer: &mut C, producer: &mut P) -> Result<(), BusError> {
+        if !self.pending.is_empty() {
+            let sent = self.pending.iter().try_for_each(|p| producer.send(p.topic, p.partition, &p.key, &p.value)).and_then(|()| producer.flush());
+            if let Err(e) = sent {
+                // Everything is sent again on the next attempt; consumers drop duplicates by id.
+                self.stats.publish_retries += 1;
+                return Err(e);
+            }
+            self.pending.clear();
+        }
+        if !self.to_commit.is_empty() {
+            let offsets: Vec<(TopicPartition, u64)> = self.to_commit.iter().map(|(tp, o)| (*tp, *o)).collect();
+            match consumer.commit(&offsets) {
+                Ok(()) => {
+                    self.stats.commits += 1;
+                    self.to_commit.clear();
+                }
+                // Lost in a rebalance: the new owner re-processes from the last commit.
+                Err(BusError::NotAssigned(_)) => self.to_commit.clear(),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn restore<C: Consumer>(&mut self, consumer: &mut C, tps: &[TopicPartition]) -> Result<(), BusError> {
+        for &tp in tps {
+            let committed = consumer.committed(tp)?;
+            let task_id = self.service.task(tp);
+            let task = self.tasks.entry(task_id).or_insert_with(|| Task { state: S::State::default(), next: BTreeMap::new() });
+            task.next.insert(tp, committed);
+            let mut from = 0;
+            while from < committed {
+                let to = (from + RESTORE_CHUNK).min(committed);
+                let records = consumer.fetch(tp, from, to)?;
+                if records.is_empty() {
+                    break;
+                }
+                for r in &records {
+                    self.stats.restored_records += 1;
+                    if let Ok(event) = Event::decode(&r.value) {
+                        self.outputs.clear();
+                        // Outputs and rejections were published before the commit; drop them.
+                        let _ = self.service.handle(&mut task.state, &event, &mut self.outputs);
+                    }
+                }
+                from = records.last().map(|r| r.offset + 1).unwrap_or(to);
+            }
+        }
+        self.outputs.clear();
+        Ok(())
+    }
+
+    fn revoke(&mut self, tps: &[TopicPartition]) {
+        for tp in tps {
+            self.to_commit.remove(tp);
+            let task_id = self.service.task(*tp);
+            if let Some(task) = self.tasks.get_mut(&task_id) {
+                task.next.remove(tp);
+                if task.next.is_empty() {
+                    self.tasks.remove(&task_id);
+                }
+            }
+        }
+    }
+}
+
+fn retry_or_fail(e: BusError) -> Result<StepOutcome, BusError> {
+    if e.is_retriable() {
+        Ok(StepOutcome::Retry(e))
+    } else {
+        Err(e)
+    }
+}
+
+/// Decodes a dead letter (for tools and tests).
+pub fn decode_dead_letter(bytes: &[u8]) -> Option<pb::DeadLetter> {
+    pb::DeadLetter::decode(bytes).ok()
+}
