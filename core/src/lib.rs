@@ -20,3 +20,4 @@ pub mod topics;
 pub mod service;
 pub mod processor;
 pub mod memory;
+pub mod scenario;
