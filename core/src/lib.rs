@@ -21,3 +21,5 @@ pub mod service;
 pub mod processor;
 pub mod memory;
 pub mod scenario;
+pub mod market;
+pub mod signals;

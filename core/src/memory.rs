@@ -292,15 +292,15 @@ mod tests {
     use super::*;
 
     fn tp(p: u32) -> TopicPartition {
-        TopicPartition { topic: topics::TRADES, partition: p }
+        TopicPartition { topic: topics::MARKET_FEED, partition: p }
     }
 
     #[test]
     fn a_group_splits_partitions_and_rebalances_when_a_member_leaves() {
         let bus = MemoryBus::new();
-        let mut a = bus.consumer("g", "a", &[topics::TRADES]);
+        let mut a = bus.consumer("g", "a", &[topics::MARKET_FEED]);
         assert_eq!(a.poll(10).unwrap(), Polled::Assigned((0..6).map(tp).collect()));
-        let mut b = bus.consumer("g", "b", &[topics::TRADES]);
+        let mut b = bus.consumer("g", "b", &[topics::MARKET_FEED]);
         assert_eq!(a.poll(10).unwrap(), Polled::Revoked(vec![tp(1), tp(3), tp(5)]));
         assert_eq!(b.poll(10).unwrap(), Polled::Assigned(vec![tp(1), tp(3), tp(5)]));
         bus.broker_mut().leave("g", "b");
@@ -312,15 +312,15 @@ mod tests {
         let bus = MemoryBus::new();
         let mut p = bus.producer();
         for i in 0..5u8 {
-            p.send(topics::TRADES, 0, b"k", &[i]).unwrap();
+            p.send(topics::MARKET_FEED, 0, b"k", &[i]).unwrap();
         }
-        let mut a = bus.consumer("g", "a", &[topics::TRADES]);
+        let mut a = bus.consumer("g", "a", &[topics::MARKET_FEED]);
         a.poll(10).unwrap(); // assignment
         let Polled::Records(r) = a.poll(3).unwrap() else { panic!() };
         assert_eq!(r.len(), 3);
         a.commit(&[(tp(0), 2)]).unwrap();
         bus.broker_mut().leave("g", "a");
-        let mut b = bus.consumer("g", "b", &[topics::TRADES]);
+        let mut b = bus.consumer("g", "b", &[topics::MARKET_FEED]);
         b.poll(10).unwrap();
         let Polled::Records(r) = b.poll(10).unwrap() else { panic!() };
         assert_eq!(r.first().unwrap().offset, 2, "records after the last commit are delivered again");

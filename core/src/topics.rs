@@ -5,7 +5,7 @@
 
 use crate::bus::Topic;
 
-pub const TRADES: Topic = "market.trades";
+pub const MARKET_FEED: Topic = "market.feed";
 pub const BARS: Topic = "market.bars";
 pub const SIGNALS: Topic = "signals";
 pub const RISK: Topic = "risk";
@@ -24,7 +24,7 @@ pub struct TopicSpec {
 }
 
 pub const ALL: [TopicSpec; 7] = [
-    TopicSpec { name: TRADES, partitions: 6, key: "symbol", producer: "feed (market-data gateway)", holds: "MARKET_DATA_RECEIVED: trades" },
+    TopicSpec { name: MARKET_FEED, partitions: 6, key: "symbol", producer: "feed (market-data gateway)", holds: "MARKET_DATA_RECEIVED: trades, or bars from a bar recording" },
     TopicSpec { name: BARS, partitions: 6, key: "symbol", producer: "market", holds: "MARKET_DATA_RECEIVED: OHLCV bars" },
     TopicSpec { name: SIGNALS, partitions: 3, key: "portfolio id", producer: "signals", holds: "TRADING_SIGNAL_GENERATED" },
     TopicSpec { name: RISK, partitions: 3, key: "portfolio id", producer: "portfolio", holds: "RISK_THRESHOLD_CROSSED" },
