@@ -1,1 +1,49 @@
-fn main() {}
+//! `horizon`: the CipherHorizon command line.
+//!
+//! The edge of the system: reads files and flags, measures wall time, prints. Everything it
+//! runs is in `horizon-core` (the pure domain), `horizon-sim` and `horizon-runtime`. Errors are
+//! one line on stderr and a non-zero exit, never a panic trace.
+
+mod sim_cmd;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "horizon",
+    version,
+    about = "Event-driven crypto analytics on a deterministic simulator and on Apache Kafka"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a scenario end to end on the in-memory bus and summarise it.
+    Sim(sim_cmd::SimArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            // clap's own rendering: usage errors name the flag; --help/--version print normally.
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let result = match cli.command {
+        Command::Sim(args) => sim_cmd::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("horizon: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -38,7 +38,10 @@ pub struct Record {
 
 impl Record {
     pub fn tp(&self) -> TopicPartition {
-        TopicPartition { topic: self.topic, partition: self.partition }
+        TopicPartition {
+            topic: self.topic,
+            partition: self.partition,
+        }
     }
 }
 

@@ -307,7 +307,13 @@ impl Event {
             traceparent: traceparent(&id, &id),
             extra: BTreeMap::new(),
         };
-        Event { id, aggregate_id, ts, meta, payload }
+        Event {
+            id,
+            aggregate_id,
+            ts,
+            meta,
+            payload,
+        }
     }
 
     /// An event derived from `cause`. Its id is a function of the cause, the producing service
@@ -322,7 +328,13 @@ impl Event {
             traceparent: traceparent(&cause.meta.correlation_id, &id),
             extra: BTreeMap::new(),
         };
-        Event { id, aggregate_id, ts, meta, payload }
+        Event {
+            id,
+            aggregate_id,
+            ts,
+            meta,
+            payload,
+        }
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -375,7 +387,13 @@ impl Event {
             extra,
         };
         let payload = decode_payload(declared, &env.payload)?;
-        Ok(Event { id: env.event_id, aggregate_id: env.aggregate_id, ts, meta, payload })
+        Ok(Event {
+            id: env.event_id,
+            aggregate_id: env.aggregate_id,
+            ts,
+            meta,
+            payload,
+        })
     }
 }
 
@@ -438,7 +456,10 @@ pub fn hex(bytes: &[u8]) -> String {
 // ---- payload encoding -------------------------------------------------------------------
 
 fn dec(x: Fixed) -> Option<pb::Decimal> {
-    Some(pb::Decimal { units: x.units(), scale: crate::fixed::SCALE })
+    Some(pb::Decimal {
+        units: x.units(),
+        scale: crate::fixed::SCALE,
+    })
 }
 
 fn side_pb(s: Side) -> i32 {
@@ -486,8 +507,14 @@ fn bar_pb(b: &Bar) -> pb::Bar {
 
 fn encode_payload(p: &Payload) -> Vec<u8> {
     match p {
-        Payload::Trade(t) => pb::MarketData { data: Some(pb::market_data::Data::Trade(trade_pb(t))) }.encode_to_vec(),
-        Payload::Bar(b) => pb::MarketData { data: Some(pb::market_data::Data::Bar(bar_pb(b))) }.encode_to_vec(),
+        Payload::Trade(t) => pb::MarketData {
+            data: Some(pb::market_data::Data::Trade(trade_pb(t))),
+        }
+        .encode_to_vec(),
+        Payload::Bar(b) => pb::MarketData {
+            data: Some(pb::market_data::Data::Bar(bar_pb(b))),
+        }
+        .encode_to_vec(),
         Payload::Signal(s) => pb::TradingSignal {
             portfolio_id: s.portfolio_id.clone(),
             symbol: s.symbol.clone(),
@@ -617,7 +644,10 @@ fn direction(v: i32, field: &'static str) -> Result<Direction, DecodeError> {
 
 fn bar_from(b: pb::Bar) -> Result<Bar, DecodeError> {
     if b.interval_ms <= 0 {
-        return Err(DecodeError::Invalid("bar.interval_ms", format!("{} is not positive", b.interval_ms)));
+        return Err(DecodeError::Invalid(
+            "bar.interval_ms",
+            format!("{} is not positive", b.interval_ms),
+        ));
     }
     Ok(Bar {
         open: fixed(&b.open, "bar.open")?,
@@ -753,7 +783,12 @@ fn decode_payload(declared: EventType, bytes: &[u8]) -> Result<Payload, DecodeEr
                 Ok(pb::Severity::Info) => Severity::Info,
                 Ok(pb::Severity::Warning) => Severity::Warning,
                 Ok(pb::Severity::Critical) => Severity::Critical,
-                _ => return Err(DecodeError::Invalid("notification.severity", format!("unknown severity {}", n.severity))),
+                _ => {
+                    return Err(DecodeError::Invalid(
+                        "notification.severity",
+                        format!("unknown severity {}", n.severity),
+                    ))
+                }
             };
             Ok(Payload::Notification(Notification {
                 user_id: nonempty(n.user_id, "notification.user_id")?,
@@ -828,11 +863,24 @@ mod tests {
         assert!(err.to_string().contains("PORTFOLIO_REBALANCED"), "{err}");
 
         // An envelope with no type reads as market data; a rebalance payload must not pass.
-        let reb = pb::PortfolioRebalanced { portfolio_id: "p".into(), reason: 1, ..Default::default() };
+        let reb = pb::PortfolioRebalanced {
+            portfolio_id: "p".into(),
+            reason: 1,
+            ..Default::default()
+        };
         env.r#type = 0;
         env.payload = reb.encode_to_vec().into();
         let err = Event::decode(&env.encode_to_vec()).unwrap_err();
-        assert!(matches!(err, DecodeError::TypeMismatch { declared: EventType::MarketDataReceived, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                DecodeError::TypeMismatch {
+                    declared: EventType::MarketDataReceived,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         // An empty payload is not market data either.
         env.payload = Bytes::new();
         assert!(matches!(Event::decode(&env.encode_to_vec()), Err(DecodeError::TypeMismatch { .. })));
@@ -853,6 +901,9 @@ mod tests {
     fn newer_schema_versions_are_refused() {
         let mut t = trade_event();
         t.meta.schema_version = SCHEMA_VERSION + 1;
-        assert_eq!(Event::decode(&t.encode()).unwrap_err(), DecodeError::NewerSchema(SCHEMA_VERSION + 1));
+        assert_eq!(
+            Event::decode(&t.encode()).unwrap_err(),
+            DecodeError::NewerSchema(SCHEMA_VERSION + 1)
+        );
     }
 }

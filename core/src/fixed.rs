@@ -112,11 +112,14 @@ impl Fixed {
     }
 
     /// `self * rhs`, rounded half away from zero; saturates at the range limits.
+    // A named method rather than `Mul`: rounding is part of the contract and should be visible.
+    #[allow(clippy::should_implement_trait)]
     pub fn mul(self, rhs: Fixed) -> Fixed {
         Fixed(saturate(div_round(self.0 as i128 * rhs.0 as i128, ONE_UNITS as i128)))
     }
 
     /// `self / rhs`, rounded half away from zero; `None` when `rhs` is zero.
+    #[allow(clippy::should_implement_trait)]
     pub fn div(self, rhs: Fixed) -> Option<Fixed> {
         if rhs.0 == 0 {
             return None;

@@ -9,17 +9,26 @@
 //! `bus` is the interface to a message broker and `processor` the one processing loop that
 //! drives any service over any bus.
 
+pub mod event;
 pub mod fixed;
 pub mod time;
-pub mod event;
 
 pub use fixed::Fixed;
 pub use time::Timestamp;
 pub mod bus;
-pub mod topics;
-pub mod service;
-pub mod processor;
-pub mod memory;
-pub mod scenario;
+pub mod feed;
+pub mod generator;
+pub mod manager;
 pub mod market;
+pub mod memory;
+pub mod notify;
+pub mod pipeline;
+pub mod portfolio;
+pub mod processor;
+pub mod projections;
+pub mod risk;
+pub mod scenario;
+pub mod sequencer;
+pub mod service;
 pub mod signals;
+pub mod topics;

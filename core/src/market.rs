@@ -119,7 +119,10 @@ impl MarketService {
             }
         }
         if b.high < b.low || b.high < b.open.max(b.close) || b.low > b.open.min(b.close) {
-            return Err(format!("bar is inconsistent: high {} low {} open {} close {}", b.high, b.low, b.open, b.close));
+            return Err(format!(
+                "bar is inconsistent: high {} low {} open {} close {}",
+                b.high, b.low, b.open, b.close
+            ));
         }
         if b.volume.is_negative() {
             return Err(format!("bar volume must not be negative, got {}", b.volume));
@@ -131,18 +134,38 @@ impl MarketService {
     }
 
     fn reject(state: &mut MarketState, reason: String) -> Result<(), Rejection> {
-        let kind = reason.split([':', ',']).next().unwrap_or("").split(" must").next().unwrap_or("").to_string();
+        let kind = reason
+            .split([':', ','])
+            .next()
+            .unwrap_or("")
+            .split(" must")
+            .next()
+            .unwrap_or("")
+            .to_string();
         *state.counters.rejected.entry(kind).or_insert(0) += 1;
         Err(Rejection(reason))
     }
 
-    fn apply(&self, state: &mut MarketState, cause: &Event, symbol: &str, exchange: &str, tick: Tick, out: &mut Vec<Output>) -> Result<(), Rejection> {
+    fn apply(
+        &self,
+        state: &mut MarketState,
+        cause: &Event,
+        symbol: &str,
+        exchange: &str,
+        tick: Tick,
+        out: &mut Vec<Output>,
+    ) -> Result<(), Rejection> {
         let sym = state.symbols.entry(symbol.to_string()).or_default();
         // A tick older than any open bar is late: those bars are already published.
         for (&interval, series) in &sym.series {
             if let Some(open) = &series.open {
                 if tick.ts < open.bar.start {
-                    let reason = format!("late: exchange time {} is before the open {} bar starting {}", tick.ts, crate::time::format_duration_ms(interval), open.bar.start);
+                    let reason = format!(
+                        "late: exchange time {} is before the open {} bar starting {}",
+                        tick.ts,
+                        crate::time::format_duration_ms(interval),
+                        open.bar.start
+                    );
                     return Self::reject(state, reason);
                 }
             }
@@ -214,7 +237,11 @@ impl MarketService {
                         seq: series.next_seq,
                     };
                     series.next_seq += 1;
-                    series.open = Some(OpenBar { bar, open_ts: tick.ts, close_ts: tick.ts });
+                    series.open = Some(OpenBar {
+                        bar,
+                        open_ts: tick.ts,
+                        close_ts: tick.ts,
+                    });
                 }
             }
         }
@@ -242,7 +269,11 @@ fn emit(out: &mut Vec<Output>, cause: &Event, index: &mut u32, bar: Bar) {
     let ts = bar.end();
     let event = Event::derived(cause, NAME, *index, key.clone(), ts, Payload::Bar(bar));
     *index += 1;
-    out.push(Output { topic: topics::BARS, key, event });
+    out.push(Output {
+        topic: topics::BARS,
+        key,
+        event,
+    });
 }
 
 impl Service for MarketService {
@@ -267,7 +298,15 @@ impl Service for MarketService {
                     state.counters.duplicates_dropped += 1;
                     return Ok(());
                 }
-                let tick = Tick { ts: t.ts_exchange, open: t.price, high: t.price, low: t.price, close: t.price, volume: t.quantity, trades: 1 };
+                let tick = Tick {
+                    ts: t.ts_exchange,
+                    open: t.price,
+                    high: t.price,
+                    low: t.price,
+                    close: t.price,
+                    volume: t.quantity,
+                    trades: 1,
+                };
                 self.apply(state, event, &t.symbol, &t.exchange, tick, out)?;
                 state.counters.trades_accepted += 1;
                 Ok(())
@@ -282,7 +321,15 @@ impl Service for MarketService {
                     state.counters.duplicates_dropped += 1;
                     return Ok(());
                 }
-                let tick = Tick { ts: b.start, open: b.open, high: b.high, low: b.low, close: b.close, volume: b.volume, trades: b.trade_count };
+                let tick = Tick {
+                    ts: b.start,
+                    open: b.open,
+                    high: b.high,
+                    low: b.low,
+                    close: b.close,
+                    volume: b.volume,
+                    trades: b.trade_count,
+                };
                 self.apply(state, event, &b.symbol, &b.exchange, tick, out)?;
                 state.counters.trades_accepted += 1;
                 Ok(())
@@ -316,7 +363,13 @@ mod tests {
             aggressor_side: Side::Buy,
             ts_exchange: Timestamp::from_millis(secs * 1000),
         };
-        Event::root(root_id(&["SIM", "BTCUSDT", &id.to_string()]), "BTCUSDT".into(), t.ts_exchange, "feed", Payload::Trade(t))
+        Event::root(
+            root_id(&["SIM", "BTCUSDT", &id.to_string()]),
+            "BTCUSDT".into(),
+            t.ts_exchange,
+            "feed",
+            Payload::Trade(t),
+        )
     }
 
     /// Given trades, when handled in order, then the bars emitted (interval, seq, OHLCV).
@@ -339,10 +392,25 @@ mod tests {
 
     #[test]
     fn trades_build_ohlcv_and_a_later_trade_closes_the_bar() {
-        let (_, bars, _) = when(&[trade(1, 0, "100", "1"), trade(2, 10, "105", "2"), trade(3, 20, "99", "1"), trade(4, 65, "101", "1")]);
+        let (_, bars, _) = when(&[
+            trade(1, 0, "100", "1"),
+            trade(2, 10, "105", "2"),
+            trade(3, 20, "99", "1"),
+            trade(4, 65, "101", "1"),
+        ]);
         assert_eq!(bars.len(), 1);
         let b = &bars[0];
-        assert_eq!((b.interval_ms, b.seq, b.open, b.high, b.low, b.close), (60_000, 0, Fixed::from_int(100), Fixed::from_int(105), Fixed::from_int(99), Fixed::from_int(99)));
+        assert_eq!(
+            (b.interval_ms, b.seq, b.open, b.high, b.low, b.close),
+            (
+                60_000,
+                0,
+                Fixed::from_int(100),
+                Fixed::from_int(105),
+                Fixed::from_int(99),
+                Fixed::from_int(99)
+            )
+        );
         assert_eq!((b.volume, b.trade_count), (Fixed::from_int(4), 3));
     }
 
@@ -351,7 +419,10 @@ mod tests {
         let (state, bars, _) = when(&[trade(1, 0, "100", "1"), trade(2, 185, "110", "1")]);
         let one_minute: Vec<_> = bars.iter().filter(|b| b.interval_ms == 60_000).collect();
         assert_eq!(one_minute.iter().map(|b| b.seq).collect::<Vec<_>>(), vec![0, 1, 2]);
-        assert_eq!((one_minute[2].open, one_minute[2].close, one_minute[2].volume), (Fixed::from_int(100), Fixed::from_int(100), Fixed::ZERO));
+        assert_eq!(
+            (one_minute[2].open, one_minute[2].close, one_minute[2].volume),
+            (Fixed::from_int(100), Fixed::from_int(100), Fixed::ZERO)
+        );
         assert_eq!(state.counters.bars_filled, 2);
     }
 
@@ -368,7 +439,14 @@ mod tests {
         if let Payload::Trade(t) = &mut unknown.payload {
             t.symbol = "DOGEUSDT".into();
         }
-        let (_, _, rejected) = when(&[trade(1, 0, "0", "1"), trade(2, 0, "-5", "1"), trade(3, 0, "100", "0"), unknown, trade(4, 120, "100", "1"), trade(5, 30, "100", "1")]);
+        let (_, _, rejected) = when(&[
+            trade(1, 0, "0", "1"),
+            trade(2, 0, "-5", "1"),
+            trade(3, 0, "100", "0"),
+            unknown,
+            trade(4, 120, "100", "1"),
+            trade(5, 30, "100", "1"),
+        ]);
         assert_eq!(
             rejected,
             vec![

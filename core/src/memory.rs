@@ -48,8 +48,14 @@ impl Default for Broker {
 impl Broker {
     /// A broker with every documented topic created.
     pub fn new() -> Broker {
-        let logs = topics::ALL.iter().map(|t| (t.name, vec![Vec::new(); t.partitions as usize])).collect();
-        Broker { logs, groups: BTreeMap::new() }
+        let logs = topics::ALL
+            .iter()
+            .map(|t| (t.name, vec![Vec::new(); t.partitions as usize]))
+            .collect();
+        Broker {
+            logs,
+            groups: BTreeMap::new(),
+        }
     }
 
     pub fn partitions(&self, topic: Topic) -> u32 {
@@ -59,13 +65,19 @@ impl Broker {
     /// Appends a record and returns its offset.
     pub fn append(&mut self, topic: Topic, partition: u32, key: Bytes, value: Bytes) -> Result<u64, BusError> {
         let log = self.logs.get_mut(topic).ok_or_else(|| BusError::UnknownTopic(topic.to_string()))?;
-        let part = log.get_mut(partition as usize).ok_or_else(|| BusError::UnknownTopic(format!("{topic}/{partition}")))?;
+        let part = log
+            .get_mut(partition as usize)
+            .ok_or_else(|| BusError::UnknownTopic(format!("{topic}/{partition}")))?;
         part.push(StoredRecord { key, value });
         Ok(part.len() as u64 - 1)
     }
 
     pub fn end_offset(&self, tp: TopicPartition) -> u64 {
-        self.logs.get(tp.topic).and_then(|l| l.get(tp.partition as usize)).map(|p| p.len() as u64).unwrap_or(0)
+        self.logs
+            .get(tp.topic)
+            .and_then(|l| l.get(tp.partition as usize))
+            .map(|p| p.len() as u64)
+            .unwrap_or(0)
     }
 
     /// Records `[from, to)` of a partition.
@@ -77,14 +89,23 @@ impl Broker {
         (from..to)
             .map(|o| {
                 let s = &part[o as usize];
-                Record { topic: tp.topic, partition: tp.partition, offset: o, key: s.key.clone(), value: s.value.clone() }
+                Record {
+                    topic: tp.topic,
+                    partition: tp.partition,
+                    offset: o,
+                    key: s.key.clone(),
+                    value: s.value.clone(),
+                }
             })
             .collect()
     }
 
     /// Every partition of every topic, in order.
     pub fn all_partitions(&self) -> Vec<TopicPartition> {
-        self.logs.iter().flat_map(|(t, parts)| (0..parts.len() as u32).map(move |p| TopicPartition { topic: t, partition: p })).collect()
+        self.logs
+            .iter()
+            .flat_map(|(t, parts)| (0..parts.len() as u32).map(move |p| TopicPartition { topic: t, partition: p }))
+            .collect()
     }
 
     /// A member joins (or re-joins) a group; the group rebalances.
@@ -104,7 +125,10 @@ impl Broker {
     }
 
     pub fn members(&self, group: &str) -> Vec<String> {
-        self.groups.get(group).map(|g| g.members.keys().cloned().collect()).unwrap_or_default()
+        self.groups
+            .get(group)
+            .map(|g| g.members.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub fn generation(&self, group: &str) -> u64 {
@@ -155,8 +179,14 @@ impl Broker {
     /// Next notice or batch for a member: records from its partitions, in partition order, from
     /// its positions.
     pub fn poll(&mut self, group: &str, member: &str, max_records: usize) -> Result<Polled, BusError> {
-        let g = self.groups.get_mut(group).ok_or_else(|| BusError::Fatal(format!("unknown group {group}")))?;
-        let m = g.members.get_mut(member).ok_or_else(|| BusError::Fatal(format!("{member} is not a member of {group}")))?;
+        let g = self
+            .groups
+            .get_mut(group)
+            .ok_or_else(|| BusError::Fatal(format!("unknown group {group}")))?;
+        let m = g
+            .members
+            .get_mut(member)
+            .ok_or_else(|| BusError::Fatal(format!("{member} is not a member of {group}")))?;
         if let Some(n) = m.notices.pop_front() {
             return Ok(n);
         }
@@ -168,9 +198,14 @@ impl Broker {
             let pos = m.position.get(tp).copied().unwrap_or(0);
             let part = &self.logs[tp.topic][tp.partition as usize];
             let end = (pos as usize + (max_records - out.len())).min(part.len());
-            for o in pos as usize..end {
-                let s = &part[o];
-                out.push(Record { topic: tp.topic, partition: tp.partition, offset: o as u64, key: s.key.clone(), value: s.value.clone() });
+            for (o, s) in part.iter().enumerate().take(end).skip(pos as usize) {
+                out.push(Record {
+                    topic: tp.topic,
+                    partition: tp.partition,
+                    offset: o as u64,
+                    key: s.key.clone(),
+                    value: s.value.clone(),
+                });
             }
             m.position.insert(*tp, end as u64);
         }
@@ -187,13 +222,23 @@ impl Broker {
     }
 
     pub fn assignment(&self, group: &str, member: &str) -> Vec<TopicPartition> {
-        self.groups.get(group).and_then(|g| g.members.get(member)).map(|m| m.assigned.iter().copied().collect()).unwrap_or_default()
+        self.groups
+            .get(group)
+            .and_then(|g| g.members.get(member))
+            .map(|m| m.assigned.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Commits offsets; refused for partitions the member does not own.
     pub fn commit(&mut self, group: &str, member: &str, offsets: &[(TopicPartition, u64)]) -> Result<(), BusError> {
-        let g = self.groups.get_mut(group).ok_or_else(|| BusError::Fatal(format!("unknown group {group}")))?;
-        let m = g.members.get(member).ok_or_else(|| BusError::NotAssigned(format!("{member} left {group}")))?;
+        let g = self
+            .groups
+            .get_mut(group)
+            .ok_or_else(|| BusError::Fatal(format!("unknown group {group}")))?;
+        let m = g
+            .members
+            .get(member)
+            .ok_or_else(|| BusError::NotAssigned(format!("{member} left {group}")))?;
         if let Some((tp, _)) = offsets.iter().find(|(tp, _)| !m.assigned.contains(tp)) {
             return Err(BusError::NotAssigned(tp.to_string()));
         }
@@ -239,13 +284,19 @@ impl MemoryBus {
     }
 
     pub fn producer(&self) -> MemoryProducer {
-        MemoryProducer { broker: self.broker.clone() }
+        MemoryProducer {
+            broker: self.broker.clone(),
+        }
     }
 
     /// Joins `group` as `member` and returns its consumer.
     pub fn consumer(&self, group: &str, member: &str, topics: &[Topic]) -> MemoryConsumer {
         self.broker.borrow_mut().join(group, member, topics);
-        MemoryConsumer { broker: self.broker.clone(), group: group.to_string(), member: member.to_string() }
+        MemoryConsumer {
+            broker: self.broker.clone(),
+            group: group.to_string(),
+            member: member.to_string(),
+        }
     }
 }
 
@@ -255,7 +306,10 @@ pub struct MemoryProducer {
 
 impl Producer for MemoryProducer {
     fn send(&mut self, topic: Topic, partition: u32, key: &[u8], value: &[u8]) -> Result<(), BusError> {
-        self.broker.borrow_mut().append(topic, partition, Bytes::copy_from_slice(key), Bytes::copy_from_slice(value)).map(|_| ())
+        self.broker
+            .borrow_mut()
+            .append(topic, partition, Bytes::copy_from_slice(key), Bytes::copy_from_slice(value))
+            .map(|_| ())
     }
 
     fn flush(&mut self) -> Result<(), BusError> {
@@ -292,7 +346,10 @@ mod tests {
     use super::*;
 
     fn tp(p: u32) -> TopicPartition {
-        TopicPartition { topic: topics::MARKET_FEED, partition: p }
+        TopicPartition {
+            topic: topics::MARKET_FEED,
+            partition: p,
+        }
     }
 
     #[test]

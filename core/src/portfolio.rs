@@ -54,7 +54,14 @@ pub struct Portfolio {
 
 impl Portfolio {
     pub fn new(id: &str, cash: Fixed) -> Portfolio {
-        Portfolio { id: id.to_string(), cash, holdings: BTreeMap::new(), marks: BTreeMap::new(), realized_pnl: Fixed::ZERO, fees: Fixed::ZERO }
+        Portfolio {
+            id: id.to_string(),
+            cash,
+            holdings: BTreeMap::new(),
+            marks: BTreeMap::new(),
+            realized_pnl: Fixed::ZERO,
+            fees: Fixed::ZERO,
+        }
     }
 
     pub fn mark(&mut self, symbol: &str, price: Fixed) {
@@ -110,11 +117,20 @@ impl Portfolio {
             let delta_value = target.mul(value) - self.market_value(symbol);
             if delta_value.is_negative() {
                 let price = *mark - mark.bps(config.slippage_bps);
-                let quantity = if target.is_zero() { held } else { floor_to(delta_value.abs().div(price).unwrap_or(Fixed::ZERO), lot).min(held) };
+                let quantity = if target.is_zero() {
+                    held
+                } else {
+                    floor_to(delta_value.abs().div(price).unwrap_or(Fixed::ZERO), lot).min(held)
+                };
                 sells.push((symbol.clone(), quantity, price));
             } else {
                 let price = *mark + mark.bps(config.slippage_bps);
-                buys.push((symbol.clone(), floor_to(delta_value.div(price).unwrap_or(Fixed::ZERO), lot), price, lot));
+                buys.push((
+                    symbol.clone(),
+                    floor_to(delta_value.div(price).unwrap_or(Fixed::ZERO), lot),
+                    price,
+                    lot,
+                ));
             }
         }
         let mut fills = Vec::new();
@@ -124,7 +140,13 @@ impl Portfolio {
             if quantity.is_positive() && notional >= config.min_notional {
                 let fee = notional.bps(config.fee_bps);
                 cash += notional - fee;
-                fills.push(Fill { symbol, side: Side::Sell, quantity, price, fee });
+                fills.push(Fill {
+                    symbol,
+                    side: Side::Sell,
+                    quantity,
+                    price,
+                    fee,
+                });
             }
         }
         for (symbol, mut quantity, price, lot) in buys {
@@ -135,7 +157,13 @@ impl Portfolio {
             if quantity.is_positive() && notional >= config.min_notional {
                 let fee = notional.bps(config.fee_bps);
                 cash -= notional + fee;
-                fills.push(Fill { symbol, side: Side::Buy, quantity, price, fee });
+                fills.push(Fill {
+                    symbol,
+                    side: Side::Buy,
+                    quantity,
+                    price,
+                    fee,
+                });
             }
         }
         fills
@@ -173,7 +201,12 @@ impl Portfolio {
             positions: self
                 .holdings
                 .iter()
-                .map(|(s, h)| Position { symbol: s.clone(), quantity: h.quantity, avg_price: h.avg_price, mark_price: self.marks.get(s).copied().unwrap_or(h.avg_price) })
+                .map(|(s, h)| Position {
+                    symbol: s.clone(),
+                    quantity: h.quantity,
+                    avg_price: h.avg_price,
+                    mark_price: self.marks.get(s).copied().unwrap_or(h.avg_price),
+                })
                 .collect(),
             cash: self.cash,
             value: self.value(),
@@ -220,7 +253,16 @@ mod tests {
         let mut p = Portfolio::new("p", fx("10000"));
         p.mark("BTC", fx("100"));
         let fills = p.plan(&targets("0.5"), &config(), false);
-        assert_eq!(fills, vec![Fill { symbol: "BTC".into(), side: Side::Buy, quantity: fx("50"), price: fx("100"), fee: fx("5") }]);
+        assert_eq!(
+            fills,
+            vec![Fill {
+                symbol: "BTC".into(),
+                side: Side::Buy,
+                quantity: fx("50"),
+                price: fx("100"),
+                fee: fx("5")
+            }]
+        );
         fills.iter().for_each(|f| p.apply(f));
         assert_eq!((p.cash, p.value(), p.fees), (fx("4995"), fx("9995"), fx("5")));
     }

@@ -93,7 +93,12 @@ impl<S: Service> Processor<S> {
     }
 
     /// One turn of the loop.
-    pub fn step<C: Consumer, P: Producer>(&mut self, consumer: &mut C, producer: &mut P, max_records: usize) -> Result<StepOutcome, BusError> {
+    pub fn step<C: Consumer + ?Sized, P: Producer + ?Sized>(
+        &mut self,
+        consumer: &mut C,
+        producer: &mut P,
+        max_records: usize,
+    ) -> Result<StepOutcome, BusError> {
         if !self.is_settled() {
             if let Err(e) = self.settle(consumer, producer) {
                 return retry_or_fail(e);
@@ -200,9 +205,13 @@ impl<S: Service> Processor<S> {
     }
 
     /// Publishes what is pending, waits for acknowledgement, then commits.
-    fn settle<C: Consumer, P: Producer>(&mut self, consumer: &mut C, producer: &mut P) -> Result<(), BusError> {
+    fn settle<C: Consumer + ?Sized, P: Producer + ?Sized>(&mut self, consumer: &mut C, producer: &mut P) -> Result<(), BusError> {
         if !self.pending.is_empty() {
-            let sent = self.pending.iter().try_for_each(|p| producer.send(p.topic, p.partition, &p.key, &p.value)).and_then(|()| producer.flush());
+            let sent = self
+                .pending
+                .iter()
+                .try_for_each(|p| producer.send(p.topic, p.partition, &p.key, &p.value))
+                .and_then(|()| producer.flush());
             if let Err(e) = sent {
                 // Everything is sent again on the next attempt; consumers drop duplicates by id.
                 self.stats.publish_retries += 1;
@@ -225,11 +234,14 @@ impl<S: Service> Processor<S> {
         Ok(())
     }
 
-    fn restore<C: Consumer>(&mut self, consumer: &mut C, tps: &[TopicPartition]) -> Result<(), BusError> {
+    fn restore<C: Consumer + ?Sized>(&mut self, consumer: &mut C, tps: &[TopicPartition]) -> Result<(), BusError> {
         for &tp in tps {
             let committed = consumer.committed(tp)?;
             let task_id = self.service.task(tp);
-            let task = self.tasks.entry(task_id).or_insert_with(|| Task { state: S::State::default(), next: BTreeMap::new() });
+            let task = self.tasks.entry(task_id).or_insert_with(|| Task {
+                state: S::State::default(),
+                next: BTreeMap::new(),
+            });
             task.next.insert(tp, committed);
             let mut from = 0;
             while from < committed {

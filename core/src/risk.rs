@@ -87,7 +87,10 @@ impl RiskMonitor {
 
     pub fn drawdown(&self, value: Fixed) -> Fixed {
         if self.peak_value.is_positive() {
-            (self.peak_value - value).div(self.peak_value).unwrap_or(Fixed::ZERO).max(Fixed::ZERO)
+            (self.peak_value - value)
+                .div(self.peak_value)
+                .unwrap_or(Fixed::ZERO)
+                .max(Fixed::ZERO)
         } else {
             Fixed::ZERO
         }
@@ -103,7 +106,9 @@ impl RiskMonitor {
 
     /// While a drawdown or a volatility spike is active the portfolio holds reduced exposure.
     pub fn derisk_active(&self) -> bool {
-        self.active.iter().any(|(k, _)| matches!(k, RiskKind::Drawdown | RiskKind::VolatilitySpike))
+        self.active
+            .iter()
+            .any(|(k, _)| matches!(k, RiskKind::Drawdown | RiskKind::VolatilitySpike))
     }
 
     pub fn active(&self) -> impl Iterator<Item = &(RiskKind, String)> {
@@ -127,7 +132,14 @@ impl RiskMonitor {
         } else {
             return None;
         };
-        Some(RiskCrossing { portfolio_id: self.portfolio_id.clone(), kind, symbol: symbol.to_string(), crossing, value, threshold })
+        Some(RiskCrossing {
+            portfolio_id: self.portfolio_id.clone(),
+            kind,
+            symbol: symbol.to_string(),
+            crossing,
+            value,
+            threshold,
+        })
     }
 }
 
@@ -140,10 +152,13 @@ fn stdev(window: &VecDeque<i64>) -> Fixed {
     }
     let sum: i128 = window.iter().map(|&r| r as i128).sum();
     // Work at n× scale to keep the mean exact: d_i = n*r_i - sum.
-    let ss: i128 = window.iter().map(|&r| {
-        let d = n * r as i128 - sum;
-        d * d
-    }).sum();
+    let ss: i128 = window
+        .iter()
+        .map(|&r| {
+            let d = n * r as i128 - sum;
+            d * d
+        })
+        .sum();
     let var = ss / (n * n * (n - 1));
     Fixed::from_units(isqrt_i128(var) as i64)
 }
@@ -192,9 +207,15 @@ mod tests {
         assert!(m.on_valuation(fx("100"), &w).is_empty());
         let entered = m.on_valuation(fx("89"), &w);
         assert_eq!(entered.len(), 1);
-        assert_eq!((entered[0].kind, entered[0].crossing, entered[0].value), (RiskKind::Drawdown, Crossing::Entered, fx("0.11")));
+        assert_eq!(
+            (entered[0].kind, entered[0].crossing, entered[0].value),
+            (RiskKind::Drawdown, Crossing::Entered, fx("0.11"))
+        );
         assert!(m.on_valuation(fx("88"), &w).is_empty(), "no second event while still crossed");
-        assert!(m.on_valuation(fx("94"), &w).is_empty(), "6% is inside the hysteresis band (clears below 5%)");
+        assert!(
+            m.on_valuation(fx("94"), &w).is_empty(),
+            "6% is inside the hysteresis band (clears below 5%)"
+        );
         assert!(m.derisk_active());
         let cleared = m.on_valuation(fx("96"), &w);
         assert_eq!(cleared[0].crossing, Crossing::Cleared);
@@ -209,7 +230,12 @@ mod tests {
         assert_eq!((gap[0].kind, gap[0].crossing), (RiskKind::PriceGap, Crossing::Entered));
         m.on_bar("X", fx("100"));
         let spike = m.on_bar("X", fx("110"));
-        assert!(spike.iter().any(|c| c.kind == RiskKind::VolatilitySpike && c.crossing == Crossing::Entered), "{spike:?}");
+        assert!(
+            spike
+                .iter()
+                .any(|c| c.kind == RiskKind::VolatilitySpike && c.crossing == Crossing::Entered),
+            "{spike:?}"
+        );
     }
 
     #[test]

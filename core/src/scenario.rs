@@ -299,7 +299,11 @@ impl Scenario {
                 problem,
             }
         })?;
-        scenario.validate().map_err(|(key, problem)| ScenarioError { origin: origin.to_string(), key, problem })?;
+        scenario.validate().map_err(|(key, problem)| ScenarioError {
+            origin: origin.to_string(),
+            key,
+            problem,
+        })?;
         Ok(scenario)
     }
 
@@ -327,7 +331,12 @@ impl Scenario {
         for (i, s) in self.market.bar_intervals.iter().enumerate() {
             match parse_duration_ms(s) {
                 Some(ms) if ms > 0 => {}
-                _ => return err(&format!("market.bar_intervals[{i}]"), format!("`{s}` is not a duration like 1m, 5m or 1h")),
+                _ => {
+                    return err(
+                        &format!("market.bar_intervals[{i}]"),
+                        format!("`{s}` is not a duration like 1m, 5m or 1h"),
+                    )
+                }
             }
         }
         if self.market.symbols.is_empty() {
@@ -336,8 +345,16 @@ impl Scenario {
         let mut seen = std::collections::BTreeSet::new();
         for (i, s) in self.market.symbols.iter().enumerate() {
             let k = format!("market.symbols[{i}]");
-            if s.symbol.is_empty() || !s.symbol.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'/') {
-                return err(&format!("{k}.symbol"), format!("`{}` is not a symbol (letters, digits, - _ /)", s.symbol));
+            if s.symbol.is_empty()
+                || !s
+                    .symbol
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'/')
+            {
+                return err(
+                    &format!("{k}.symbol"),
+                    format!("`{}` is not a symbol (letters, digits, - _ /)", s.symbol),
+                );
             }
             if !seen.insert(&s.symbol) {
                 return err(&format!("{k}.symbol"), format!("`{}` is listed twice", s.symbol));
@@ -362,13 +379,20 @@ impl Scenario {
         }
         if let Some(g) = &self.market.generator {
             if Timestamp::parse_rfc3339(&g.start).is_none() {
-                return err("market.generator.start", format!("`{}` is not a date-time like 2024-03-01T00:00:00Z", g.start));
+                return err(
+                    "market.generator.start",
+                    format!("`{}` is not a date-time like 2024-03-01T00:00:00Z", g.start),
+                );
             }
             match parse_duration_ms(&g.duration) {
                 Some(ms) if ms > 0 => {}
                 _ => return err("market.generator.duration", format!("`{}` is not a duration like 6h", g.duration)),
             }
-            let positive = [("trades_per_minute", g.trades_per_minute), ("calm_vol", g.calm_vol), ("stressed_vol", g.stressed_vol)];
+            let positive = [
+                ("trades_per_minute", g.trades_per_minute),
+                ("calm_vol", g.calm_vol),
+                ("stressed_vol", g.stressed_vol),
+            ];
             for (k, v) in positive {
                 if !(v.is_finite() && v > 0.0) {
                     return err(&format!("market.generator.{k}"), format!("must be positive, got {v}"));
@@ -384,15 +408,25 @@ impl Scenario {
                     return err(&format!("market.generator.{k}"), format!("must be zero or positive, got {v}"));
                 }
             }
-            let probabilities = [("duplicate_rate", g.duplicate_rate), ("out_of_order_rate", g.out_of_order_rate), ("bad_trade_rate", g.bad_trade_rate)];
+            let probabilities = [
+                ("duplicate_rate", g.duplicate_rate),
+                ("out_of_order_rate", g.out_of_order_rate),
+                ("bad_trade_rate", g.bad_trade_rate),
+            ];
             for (k, v) in probabilities {
                 if !(0.0..=1.0).contains(&v) {
-                    return err(&format!("market.generator.{k}"), format!("must be a probability between 0 and 1, got {v}"));
+                    return err(
+                        &format!("market.generator.{k}"),
+                        format!("must be a probability between 0 and 1, got {v}"),
+                    );
                 }
             }
             for (i, s) in self.market.symbols.iter().enumerate() {
                 if !s.price.is_some_and(|p| p.is_positive()) {
-                    return err(&format!("market.symbols[{i}].price"), "the generator needs a positive starting price".into());
+                    return err(
+                        &format!("market.symbols[{i}].price"),
+                        "the generator needs a positive starting price".into(),
+                    );
                 }
             }
             for (i, c) in g.flash_crash.iter().enumerate() {
@@ -421,17 +455,26 @@ impl Scenario {
             return err("portfolio.fee_bps", format!("must be between 0 and 1000, got {}", p.fee_bps));
         }
         if !(0..=1_000).contains(&p.slippage_bps) {
-            return err("portfolio.slippage_bps", format!("must be between 0 and 1000, got {}", p.slippage_bps));
+            return err(
+                "portfolio.slippage_bps",
+                format!("must be between 0 and 1000, got {}", p.slippage_bps),
+            );
         }
         fraction("portfolio.max_weight", p.max_weight)?;
         fraction("portfolio.rebalance_band", p.rebalance_band)?;
         let s = &self.strategies;
         if s.ema_crossover.is_none() && s.breakout.is_none() {
-            return err("strategies", "configure at least one of [strategies.ema_crossover] or [strategies.breakout]".into());
+            return err(
+                "strategies",
+                "configure at least one of [strategies.ema_crossover] or [strategies.breakout]".into(),
+            );
         }
         if let Some(e) = &s.ema_crossover {
             if e.fast == 0 || e.slow <= e.fast {
-                return err("strategies.ema_crossover", format!("needs 0 < fast < slow, got fast = {} and slow = {}", e.fast, e.slow));
+                return err(
+                    "strategies.ema_crossover",
+                    format!("needs 0 < fast < slow, got fast = {} and slow = {}", e.fast, e.slow),
+                );
             }
             if !e.full_strength_spread.is_positive() {
                 return err("strategies.ema_crossover.full_strength_spread", "must be positive".into());
@@ -461,7 +504,10 @@ impl Scenario {
             return err("risk.volatility", "must be positive".into());
         }
         if r.volatility_window < 2 {
-            return err("risk.volatility_window", format!("must be at least 2 bars, got {}", r.volatility_window));
+            return err(
+                "risk.volatility_window",
+                format!("must be at least 2 bars, got {}", r.volatility_window),
+            );
         }
         let mut users = std::collections::BTreeSet::new();
         for (i, u) in self.users.iter().enumerate() {
@@ -477,7 +523,10 @@ impl Scenario {
             }
             for (j, sym) in u.symbols.iter().enumerate() {
                 if !self.market.symbols.iter().any(|s| &s.symbol == sym) {
-                    return err(&format!("{k}.symbols[{j}]"), format!("`{sym}` is not one of the scenario's symbols"));
+                    return err(
+                        &format!("{k}.symbols[{j}]"),
+                        format!("`{sym}` is not one of the scenario's symbols"),
+                    );
                 }
             }
             if u.max_per_window == 0 {

@@ -18,7 +18,11 @@ struct Source<T> {
 
 impl<T> Default for Source<T> {
     fn default() -> Self {
-        Source { next_seq: 0, ready: VecDeque::new(), early: BTreeMap::new() }
+        Source {
+            next_seq: 0,
+            ready: VecDeque::new(),
+            early: BTreeMap::new(),
+        }
     }
 }
 
@@ -37,7 +41,9 @@ pub struct Sequencer<T> {
 impl<T> Sequencer<T> {
     /// A sequencer over a fixed set of sources.
     pub fn new<I: IntoIterator<Item = String>>(sources: I) -> Self {
-        Sequencer { sources: sources.into_iter().map(|s| (s, Source::default())).collect() }
+        Sequencer {
+            sources: sources.into_iter().map(|s| (s, Source::default())).collect(),
+        }
     }
 
     pub fn push(&mut self, source: &str, seq: u64, ts: Timestamp, item: T) -> Admit {

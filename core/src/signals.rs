@@ -47,7 +47,11 @@ pub struct Ema {
 
 impl Ema {
     pub fn new(span: u32) -> Ema {
-        Ema { alpha: Fixed::from_int(2).div(Fixed::from_int(span as i64 + 1)).unwrap(), value: None, count: 0 }
+        Ema {
+            alpha: Fixed::from_int(2).div(Fixed::from_int(span as i64 + 1)).unwrap(),
+            value: None,
+            count: 0,
+        }
     }
 
     pub fn update(&mut self, x: Fixed) -> Fixed {
@@ -79,7 +83,11 @@ pub struct EmaCrossover {
 
 impl EmaCrossover {
     pub fn new(config: EmaCrossoverConfig) -> EmaCrossover {
-        EmaCrossover { fast: Ema::new(config.fast), slow: Ema::new(config.slow), config }
+        EmaCrossover {
+            fast: Ema::new(config.fast),
+            slow: Ema::new(config.slow),
+            config,
+        }
     }
 
     pub fn on_bar(&mut self, bar: &Bar) -> StrategyView {
@@ -92,7 +100,11 @@ impl EmaCrossover {
             let strength = spread.div(self.config.full_strength_spread).unwrap_or(Fixed::ONE).min(Fixed::ONE);
             (if fast > slow { Direction::Long } else { Direction::Short }, strength)
         };
-        StrategyView { strategy: "ema_crossover".into(), direction, strength }
+        StrategyView {
+            strategy: "ema_crossover".into(),
+            direction,
+            strength,
+        }
     }
 }
 
@@ -111,7 +123,14 @@ pub struct Breakout {
 
 impl Breakout {
     pub fn new(config: BreakoutConfig) -> Breakout {
-        Breakout { config, highs: VecDeque::new(), lows: VecDeque::new(), ranges: VecDeque::new(), prev_close: None, direction: Direction::Flat }
+        Breakout {
+            config,
+            highs: VecDeque::new(),
+            lows: VecDeque::new(),
+            ranges: VecDeque::new(),
+            prev_close: None,
+            direction: Direction::Flat,
+        }
     }
 
     pub fn on_bar(&mut self, bar: &Bar) -> StrategyView {
@@ -148,7 +167,11 @@ impl Breakout {
             self.ranges.pop_front();
         }
         self.prev_close = Some(bar.close);
-        StrategyView { strategy: "breakout".into(), direction: self.direction, strength }
+        StrategyView {
+            strategy: "breakout".into(),
+            direction: self.direction,
+            strength,
+        }
     }
 }
 
@@ -253,7 +276,11 @@ impl Service for SignalService {
         };
         let key = cfg.portfolio_id.clone();
         let ev = Event::derived(event, NAME, 0, key.clone(), bar.end(), Payload::Signal(signal));
-        out.push(Output { topic: topics::SIGNALS, key, event: ev });
+        out.push(Output {
+            topic: topics::SIGNALS,
+            key,
+            event: ev,
+        });
         Ok(())
     }
 }
@@ -290,7 +317,12 @@ mod tests {
 
     #[test]
     fn a_rising_market_turns_the_crossover_long_after_warm_up() {
-        let mut s = EmaCrossover::new(EmaCrossoverConfig { fast: 2, slow: 4, full_strength_spread: "0.01".parse().unwrap(), weight: Fixed::ONE });
+        let mut s = EmaCrossover::new(EmaCrossoverConfig {
+            fast: 2,
+            slow: 4,
+            full_strength_spread: "0.01".parse().unwrap(),
+            weight: Fixed::ONE,
+        });
         let views: Vec<_> = (0..6).map(|i| s.on_bar(&bar(i, 100 + i as i64 * 2))).collect();
         assert!(views[..3].iter().all(|v| v.direction == Direction::Flat));
         assert_eq!(views[5].direction, Direction::Long);
@@ -299,7 +331,11 @@ mod tests {
 
     #[test]
     fn a_close_above_the_channel_breaks_out_long_and_the_middle_ends_it() {
-        let mut s = Breakout::new(BreakoutConfig { lookback: 3, atr_multiple: Fixed::ZERO, weight: Fixed::ONE });
+        let mut s = Breakout::new(BreakoutConfig {
+            lookback: 3,
+            atr_multiple: Fixed::ZERO,
+            weight: Fixed::ONE,
+        });
         for i in 0..3 {
             assert_eq!(s.on_bar(&bar(i, 100)).direction, Direction::Flat);
         }
@@ -314,12 +350,27 @@ mod tests {
             portfolio_id: "p".into(),
             interval_ms: 60_000,
             max_weight: "0.5".parse().unwrap(),
-            ema: Some(EmaCrossoverConfig { fast: 2, slow: 3, full_strength_spread: "0.01".parse().unwrap(), weight: Fixed::ONE }),
+            ema: Some(EmaCrossoverConfig {
+                fast: 2,
+                slow: 3,
+                full_strength_spread: "0.01".parse().unwrap(),
+                weight: Fixed::ONE,
+            }),
             breakout: None,
         });
         let mut state = SignalState::default();
         let mut out = Vec::new();
-        let events: Vec<Event> = (0..5).map(|i| Event::root(format!("b{i}"), "BTCUSDT".into(), Timestamp(0), "market", Payload::Bar(bar(i, 100 + 10 * i as i64)))).collect();
+        let events: Vec<Event> = (0..5)
+            .map(|i| {
+                Event::root(
+                    format!("b{i}"),
+                    "BTCUSDT".into(),
+                    Timestamp(0),
+                    "market",
+                    Payload::Bar(bar(i, 100 + 10 * i as i64)),
+                )
+            })
+            .collect();
         for e in &events {
             svc.handle(&mut state, e, &mut out).unwrap();
         }
@@ -327,7 +378,12 @@ mod tests {
         assert_eq!(out.len(), 5);
         let Payload::Signal(last) = &out[4].event.payload else { panic!() };
         assert_eq!((last.direction, last.target_weight), (Direction::Long, "0.5".parse().unwrap()));
-        assert!(out.iter().filter(|o| matches!(&o.event.payload, Payload::Signal(s) if s.changed)).count() == 1);
+        assert!(
+            out.iter()
+                .filter(|o| matches!(&o.event.payload, Payload::Signal(s) if s.changed))
+                .count()
+                == 1
+        );
         assert_eq!(state.duplicates_dropped, 1);
     }
 }

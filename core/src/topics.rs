@@ -24,13 +24,55 @@ pub struct TopicSpec {
 }
 
 pub const ALL: [TopicSpec; 7] = [
-    TopicSpec { name: MARKET_FEED, partitions: 6, key: "symbol", producer: "feed (market-data gateway)", holds: "MARKET_DATA_RECEIVED: trades, or bars from a bar recording" },
-    TopicSpec { name: BARS, partitions: 6, key: "symbol", producer: "market", holds: "MARKET_DATA_RECEIVED: OHLCV bars" },
-    TopicSpec { name: SIGNALS, partitions: 3, key: "portfolio id", producer: "signals", holds: "TRADING_SIGNAL_GENERATED" },
-    TopicSpec { name: RISK, partitions: 3, key: "portfolio id", producer: "portfolio", holds: "RISK_THRESHOLD_CROSSED" },
-    TopicSpec { name: PORTFOLIO, partitions: 3, key: "portfolio id", producer: "portfolio", holds: "PORTFOLIO_REBALANCED" },
-    TopicSpec { name: NOTIFICATIONS, partitions: 3, key: "user id", producer: "portfolio", holds: "USER_NOTIFICATION_TRIGGERED" },
-    TopicSpec { name: DEADLETTER, partitions: 1, key: "source topic/partition/offset", producer: "any service", holds: "DeadLetter: reason, original bytes, source" },
+    TopicSpec {
+        name: MARKET_FEED,
+        partitions: 6,
+        key: "symbol",
+        producer: "feed (market-data gateway)",
+        holds: "MARKET_DATA_RECEIVED: trades, or bars from a bar recording",
+    },
+    TopicSpec {
+        name: BARS,
+        partitions: 6,
+        key: "symbol",
+        producer: "market",
+        holds: "MARKET_DATA_RECEIVED: OHLCV bars",
+    },
+    TopicSpec {
+        name: SIGNALS,
+        partitions: 3,
+        key: "portfolio id",
+        producer: "signals",
+        holds: "TRADING_SIGNAL_GENERATED",
+    },
+    TopicSpec {
+        name: RISK,
+        partitions: 3,
+        key: "portfolio id",
+        producer: "portfolio",
+        holds: "RISK_THRESHOLD_CROSSED",
+    },
+    TopicSpec {
+        name: PORTFOLIO,
+        partitions: 3,
+        key: "portfolio id",
+        producer: "portfolio",
+        holds: "PORTFOLIO_REBALANCED",
+    },
+    TopicSpec {
+        name: NOTIFICATIONS,
+        partitions: 3,
+        key: "user id",
+        producer: "portfolio",
+        holds: "USER_NOTIFICATION_TRIGGERED",
+    },
+    TopicSpec {
+        name: DEADLETTER,
+        partitions: 1,
+        key: "source topic/partition/offset",
+        producer: "any service",
+        holds: "DeadLetter: reason, original bytes, source",
+    },
 ];
 
 pub fn spec(name: &str) -> Option<&'static TopicSpec> {

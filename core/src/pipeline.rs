@@ -1,0 +1,248 @@
+//! The services of a deployment, wired from a scenario, and the fault-free in-memory run.
+//!
+//! `Pipeline` holds one processing loop per service. `Stage` lets a driver (this module's
+//! in-memory run, the simulator, the Kafka service process) step any of them through the same
+//! loop without knowing which service it is.
+
+use crate::bus::{partition_for, BusError, Consumer, Producer, Topic};
+use crate::event::{Event, EventType};
+use crate::manager::{ManagerConfig, PortfolioManager};
+use crate::market::{MarketConfig, MarketService};
+use crate::memory::MemoryBus;
+use crate::processor::{Processor, Stats, StepOutcome};
+use crate::projections::{Digests, ProjectionService, Projections, Views};
+use crate::scenario::Scenario;
+use crate::service::Service;
+use crate::signals::{SignalConfig, SignalService};
+use crate::topics;
+
+/// A processing loop whose service is hidden: what a driver needs.
+pub trait Stage {
+    fn name(&self) -> &'static str;
+    fn inputs(&self) -> &'static [Topic];
+    fn step(&mut self, consumer: &mut dyn Consumer, producer: &mut dyn Producer, max_records: usize) -> Result<StepOutcome, BusError>;
+    /// Loses all in-memory state, as a crashed process does.
+    fn crash(&mut self);
+    fn stats(&self) -> &Stats;
+}
+
+impl<S: Service> Stage for Processor<S> {
+    fn name(&self) -> &'static str {
+        self.service().name()
+    }
+    fn inputs(&self) -> &'static [Topic] {
+        self.service().inputs()
+    }
+    fn step(&mut self, consumer: &mut dyn Consumer, producer: &mut dyn Producer, max_records: usize) -> Result<StepOutcome, BusError> {
+        Processor::step(self, consumer, producer, max_records)
+    }
+    fn crash(&mut self) {
+        Processor::crash(self)
+    }
+    fn stats(&self) -> &Stats {
+        &self.stats
+    }
+}
+
+/// The service names accepted by `--services`.
+pub const SERVICES: [&str; 4] = [
+    crate::market::NAME,
+    crate::signals::NAME,
+    crate::manager::NAME,
+    crate::projections::NAME,
+];
+
+pub struct Pipeline {
+    pub market: Processor<MarketService>,
+    pub signals: Processor<SignalService>,
+    pub manager: Processor<PortfolioManager>,
+    pub projections: Processor<ProjectionService>,
+}
+
+impl Pipeline {
+    pub fn new(s: &Scenario) -> Pipeline {
+        Pipeline {
+            market: Processor::new(MarketService::new(MarketConfig::from_scenario(s))),
+            signals: Processor::new(SignalService::new(SignalConfig::from_scenario(s))),
+            manager: Processor::new(PortfolioManager::new(ManagerConfig::from_scenario(s))),
+            projections: Processor::new(ProjectionService::from_scenario(s)),
+        }
+    }
+
+    /// The stages in flow order.
+    pub fn stages(&mut self) -> [&mut dyn Stage; 4] {
+        [&mut self.market, &mut self.signals, &mut self.manager, &mut self.projections]
+    }
+
+    /// The projection state (task 0 holds every partition).
+    pub fn projections(&self) -> Option<&Projections> {
+        self.projections.states().next().map(|(_, p)| p)
+    }
+
+    pub fn views(&self) -> Views {
+        let empty = Projections::default();
+        self.projections.service().views(self.projections().unwrap_or(&empty))
+    }
+
+    pub fn digests(&self) -> Digests {
+        let empty = Projections::default();
+        self.projections.service().digests(self.projections().unwrap_or(&empty))
+    }
+}
+
+/// Publishes feed events onto `market.feed`, keyed by symbol (the aggregate id).
+pub fn publish_feed<P: Producer + ?Sized>(producer: &mut P, events: &[Event]) -> Result<(), BusError> {
+    let parts = topics::partitions(topics::MARKET_FEED);
+    for e in events {
+        let key = e.aggregate_id.as_bytes();
+        producer.send(topics::MARKET_FEED, partition_for(key, parts), key, &e.encode())?;
+    }
+    producer.flush()
+}
+
+/// What a run produced.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RunSummary {
+    pub scenario: String,
+    pub seed: u64,
+    pub feed_events: u64,
+    pub events_by_type: std::collections::BTreeMap<EventType, u64>,
+    pub signals_changed: u64,
+    pub rebalances: u64,
+    pub risk_entered: u64,
+    pub risk_cleared: u64,
+    pub notifications: u64,
+    pub notifications_rate_limited: u64,
+    pub dead_letters: u64,
+    pub duplicates_dropped: u64,
+    pub portfolio: Option<crate::projections::PortfolioView>,
+    pub digests: Digests,
+    pub stats: std::collections::BTreeMap<&'static str, Stats>,
+}
+
+/// A fault-free run on the in-memory bus: feed `chunk` events, let every stage catch up, repeat.
+pub struct MemoryRun {
+    pub bus: MemoryBus,
+    pub pipeline: Pipeline,
+    consumers: Vec<crate::memory::MemoryConsumer>,
+    producer: crate::memory::MemoryProducer,
+    pub feed_events: u64,
+}
+
+impl MemoryRun {
+    pub fn new(s: &Scenario) -> MemoryRun {
+        let bus = MemoryBus::new();
+        let mut pipeline = Pipeline::new(s);
+        let consumers = pipeline
+            .stages()
+            .iter()
+            .map(|st| bus.consumer(st.name(), "member-0", st.inputs()))
+            .collect();
+        let producer = bus.producer();
+        MemoryRun {
+            bus,
+            pipeline,
+            consumers,
+            producer,
+            feed_events: 0,
+        }
+    }
+
+    pub fn feed(&mut self, events: &[Event]) {
+        self.feed_events += events.len() as u64;
+        publish_feed(&mut self.producer, events).expect("the in-memory bus does not fail");
+    }
+
+    /// Steps every stage until none has anything left to do.
+    pub fn settle(&mut self) {
+        loop {
+            let mut progress = false;
+            let stages = self.pipeline.stages();
+            for (stage, consumer) in stages.into_iter().zip(self.consumers.iter_mut()) {
+                loop {
+                    match stage
+                        .step(consumer, &mut self.producer, 4096)
+                        .expect("the in-memory bus does not fail")
+                    {
+                        StepOutcome::Idle => break,
+                        StepOutcome::Progress(_) => progress = true,
+                        StepOutcome::Retry(e) => unreachable!("in-memory bus refused: {e}"),
+                    }
+                }
+            }
+            if !progress {
+                break;
+            }
+        }
+    }
+
+    /// Runs a whole feed through the pipeline.
+    pub fn run<I: IntoIterator<Item = Event>>(s: &Scenario, feed: I, chunk: usize) -> MemoryRun {
+        let mut run = MemoryRun::new(s);
+        let mut buf = Vec::with_capacity(chunk);
+        for e in feed {
+            buf.push(e);
+            if buf.len() == chunk {
+                run.feed(&buf);
+                buf.clear();
+                run.settle();
+            }
+        }
+        run.feed(&buf);
+        run.settle();
+        run
+    }
+
+    pub fn summary(&self, s: &Scenario, seed: u64) -> RunSummary {
+        summarize(s, seed, self.feed_events, &self.pipeline)
+    }
+}
+
+pub fn summarize(s: &Scenario, seed: u64, feed_events: u64, p: &Pipeline) -> RunSummary {
+    let empty = Projections::default();
+    let proj = p.projections().unwrap_or(&empty);
+    let views = p.views();
+    let risk = views.risk.get(&s.portfolio.id);
+    let (mut rate_limited, mut duplicates) = (0, 0);
+    for (_, st) in p.manager.states() {
+        for d in st.desks.values() {
+            rate_limited += d.notifier.counters.rate_limited;
+            duplicates += d.duplicates_dropped;
+        }
+    }
+    for (_, st) in p.market.states() {
+        duplicates += st.counters.duplicates_dropped;
+    }
+    for (_, st) in p.signals.states() {
+        duplicates += st.duplicates_dropped;
+    }
+    let mut stats = std::collections::BTreeMap::new();
+    stats.insert(p.market.service().name(), p.market.stats.clone());
+    stats.insert(p.signals.service().name(), p.signals.stats.clone());
+    stats.insert(p.manager.service().name(), p.manager.stats.clone());
+    stats.insert(p.projections.service().name(), p.projections.stats.clone());
+    RunSummary {
+        scenario: s.name.clone(),
+        seed,
+        feed_events,
+        events_by_type: proj.events_by_type.clone(),
+        signals_changed: proj
+            .portfolios
+            .values()
+            .map(|l| l.signals_changed.values().map(|m| m.len() as u64).sum::<u64>())
+            .sum(),
+        rebalances: proj.portfolios.values().map(|l| l.rebalances.len() as u64).sum(),
+        risk_entered: risk.map(|r| r.entered).unwrap_or(0),
+        risk_cleared: risk.map(|r| r.cleared).unwrap_or(0),
+        notifications: proj.notifications.values().map(|n| n.len() as u64).sum(),
+        notifications_rate_limited: rate_limited,
+        dead_letters: [&p.market.stats, &p.signals.stats, &p.manager.stats, &p.projections.stats]
+            .iter()
+            .map(|s| s.dead_letters)
+            .sum(),
+        duplicates_dropped: duplicates,
+        portfolio: views.portfolios.get(&s.portfolio.id).cloned(),
+        digests: p.digests(),
+        stats,
+    }
+}

@@ -1,0 +1,152 @@
+//! `horizon sim`: a scenario through every service on the in-memory bus.
+
+use horizon_core::event::EventType;
+use horizon_core::generator::MarketGenerator;
+use horizon_core::pipeline::{MemoryRun, RunSummary};
+use horizon_core::scenario::Scenario;
+use horizon_core::{feed, Fixed};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct SimArgs {
+    /// A scenario file, or the name of a shipped one (`flash-crash`).
+    pub scenario: String,
+    /// Seed of the market generator (default: the scenario's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the event log and projection snapshots to this directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Finds a scenario by path, or by name in `scenarios/`.
+pub fn resolve_scenario(arg: &str) -> Result<PathBuf, String> {
+    let direct = PathBuf::from(arg);
+    if direct.is_file() {
+        return Ok(direct);
+    }
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios").join(format!("{arg}.toml"));
+    if shipped.is_file() {
+        return Ok(shipped);
+    }
+    let local = Path::new("scenarios").join(format!("{arg}.toml"));
+    if local.is_file() {
+        return Ok(local);
+    }
+    Err(format!("{arg}: no such scenario file, and no shipped scenario of that name"))
+}
+
+pub fn load_scenario(arg: &str) -> Result<(PathBuf, Scenario), String> {
+    let path = resolve_scenario(arg)?;
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let scenario = Scenario::from_toml(&text, &path.display().to_string()).map_err(|e| e.to_string())?;
+    Ok((path, scenario))
+}
+
+pub fn run(args: SimArgs) -> Result<(), String> {
+    let (_path, scenario) = load_scenario(&args.scenario)?;
+    let seed = args.seed.unwrap_or(scenario.seed);
+    let generator = MarketGenerator::new(&scenario, seed)
+        .ok_or_else(|| format!("{}: recorded market data is not supported by this build yet", scenario.name))?;
+    let started = Instant::now();
+    let run = MemoryRun::run(&scenario, generator.map(feed::trade_event), 8192);
+    let wall = started.elapsed();
+    let summary = run.summary(&scenario, seed);
+    if let Some(dir) = &args.out {
+        write_out(dir, &run).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    if args.json {
+        let mut v = serde_json::to_value(&summary).map_err(|e| e.to_string())?;
+        v["wall_time_ms"] = serde_json::json!(wall.as_millis() as u64);
+        v["feed_events_per_second"] = serde_json::json!((summary.feed_events as f64 / wall.as_secs_f64()) as u64);
+        println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+    } else {
+        print_summary(&summary, wall);
+    }
+    Ok(())
+}
+
+fn write_out(dir: &Path, run: &MemoryRun) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let broker = run.bus.broker();
+    let mut log = std::io::BufWriter::new(std::fs::File::create(dir.join("events.jsonl"))?);
+    for tp in broker.all_partitions() {
+        for r in broker.read(tp, 0, u64::MAX) {
+            let line = match horizon_core::event::Event::decode(&r.value) {
+                Ok(e) => serde_json::json!({"topic": r.topic, "partition": r.partition, "offset": r.offset, "event": e}),
+                Err(err) => {
+                    serde_json::json!({"topic": r.topic, "partition": r.partition, "offset": r.offset, "undecodable": err.to_string()})
+                }
+            };
+            writeln!(log, "{line}")?;
+        }
+    }
+    log.flush()?;
+    let views = run.pipeline.views();
+    std::fs::write(dir.join("projections.json"), serde_json::to_vec_pretty(&views)?)?;
+    if let Some(p) = run.pipeline.projections() {
+        std::fs::write(dir.join("bars.json"), serde_json::to_vec_pretty(&p.bars)?)?;
+        std::fs::write(dir.join("audit.json"), serde_json::to_vec_pretty(&p.audit)?)?;
+    }
+    std::fs::write(dir.join("digests.json"), serde_json::to_vec_pretty(&run.pipeline.digests())?)?;
+    Ok(())
+}
+
+fn print_summary(s: &RunSummary, wall: std::time::Duration) {
+    println!("scenario {} (seed {})", s.scenario, s.seed);
+    println!();
+    println!("events by type");
+    for t in EventType::ALL {
+        println!("  {:<28} {:>10}", t.as_str(), s.events_by_type.get(&t).copied().unwrap_or(0));
+    }
+    println!();
+    println!("  signals that changed direction {:>6}", s.signals_changed);
+    println!("  rebalances                     {:>6}", s.rebalances);
+    println!("  risk crossings entered/cleared {:>6} / {}", s.risk_entered, s.risk_cleared);
+    println!(
+        "  notifications (rate-limited)   {:>6} ({})",
+        s.notifications, s.notifications_rate_limited
+    );
+    println!("  dead letters                   {:>6}", s.dead_letters);
+    println!("  duplicates dropped             {:>6}", s.duplicates_dropped);
+    if let Some(p) = &s.portfolio {
+        println!();
+        println!("portfolio {}", p.portfolio_id);
+        println!("  value          {:>16}", round2(p.value));
+        println!("  total P&L      {:>16}", round2(p.total_pnl));
+        println!("  realised P&L   {:>16}", round2(p.realized_pnl));
+        println!("  unrealised P&L {:>16}", round2(p.unrealized_pnl));
+        println!("  fees           {:>16}", round2(p.fees));
+        println!("  max drawdown   {:>15.2}%", p.max_drawdown.to_f64() * 100.0);
+        for pos in &p.positions {
+            println!("  {:<12} {:>14} @ {}", pos.symbol, pos.quantity, pos.mark_price);
+        }
+    }
+    println!();
+    println!("projection digests");
+    println!("  bars           {}", s.digests.bars);
+    println!("  portfolio      {}", s.digests.portfolio);
+    println!("  risk           {}", s.digests.risk);
+    println!("  notifications  {}", s.digests.notifications);
+    println!("  audit          {}", s.digests.audit);
+    println!("  all            {}", s.digests.all);
+    println!();
+    let secs = wall.as_secs_f64();
+    let total: u64 = s.events_by_type.values().sum();
+    println!(
+        "{} feed events, {} events in all, in {:.3} s wall ({:.0} feed events/s)",
+        s.feed_events,
+        total,
+        secs,
+        s.feed_events as f64 / secs
+    );
+}
+
+fn round2(x: Fixed) -> String {
+    format!("{:.2}", x.to_f64())
+}
