@@ -295,7 +295,7 @@ impl Scenario {
                     Some((l, c)) => format!("{origin}:{l}:{c}"),
                     None => origin.to_string(),
                 },
-                key: String::new(),
+                key: span.map(|(l, _)| key_at_line(text, l)).unwrap_or_default(),
                 problem,
             }
         })?;
@@ -546,6 +546,25 @@ fn fraction(key: &str, v: Fixed) -> Result<(), (String, String)> {
         Err((key.to_string(), format!("must be a fraction between 0 and 1, got {v}")))
     } else {
         Ok(())
+    }
+}
+
+/// The dotted key assigned on a line (`portfolio.max_weight`), from the line and the table
+/// header above it; empty if the line assigns nothing.
+fn key_at_line(text: &str, line: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(l) = lines.get(line.saturating_sub(1)) else { return String::new() };
+    let Some((key, _)) = l.split_once('=') else { return String::new() };
+    let key = key.trim();
+    let table = lines[..line.saturating_sub(1)]
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with('['))
+        .map(|h| h.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_string(),
     }
 }
 

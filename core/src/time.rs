@@ -4,9 +4,22 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Nanoseconds since the Unix epoch, UTC.
-#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(pub i64);
+
+// Serialized as RFC 3339 text with full nanosecond precision, so JSON and snapshots are readable.
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.to_rfc3339_nanos())
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        let text = String::deserialize(d)?;
+        Timestamp::parse_rfc3339(&text).ok_or_else(|| serde::de::Error::custom(format!("`{text}` is not an RFC 3339 time")))
+    }
+}
 
 pub const NANOS_PER_MS: i64 = 1_000_000;
 pub const NANOS_PER_SEC: i64 = 1_000_000_000;
@@ -66,6 +79,17 @@ impl Timestamp {
             (sod / 60) % 60,
             sod % 60
         )
+    }
+
+    /// RFC 3339 in UTC with every nanosecond: `2024-03-01T00:00:00.000000001Z`.
+    pub fn to_rfc3339_nanos(self) -> String {
+        let ms_text = self.to_rfc3339();
+        let sub_ms = self.0.rem_euclid(NANOS_PER_MS);
+        if sub_ms == 0 {
+            ms_text
+        } else {
+            format!("{}{sub_ms:06}Z", &ms_text[..ms_text.len() - 1])
+        }
     }
 
     /// Parses `YYYY-MM-DD`, `YYYY-MM-DDTHH:MM[:SS[.fff…]][Z|+00:00]` or with a space for `T`.
@@ -182,6 +206,9 @@ mod tests {
         let t = Timestamp::parse_rfc3339("2021-12-31 23:01:00.000000").unwrap();
         assert_eq!(t.to_rfc3339(), "2021-12-31T23:01:00.000Z");
         assert_eq!(Timestamp::parse_rfc3339("1970-01-01").unwrap(), Timestamp(0));
+        let t = Timestamp(1_582_329_602_123_456_789);
+        assert_eq!(t.to_rfc3339_nanos(), "2020-02-22T00:00:02.123456789Z");
+        assert_eq!(Timestamp::parse_rfc3339(&t.to_rfc3339_nanos()), Some(t));
         assert!(Timestamp::parse_rfc3339("2022-13-01").is_none());
         assert!(Timestamp::parse_rfc3339("yesterday").is_none());
     }

@@ -1,0 +1,98 @@
+//! The command line as a user meets it: one clear line and a non-zero exit for bad input.
+
+use std::process::{Command, Output};
+
+fn horizon(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_horizon")).args(args).output().unwrap()
+}
+
+fn scenario_with(replace: &str, with: &str) -> tempfile_path::Path {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/chop.toml")).unwrap();
+    assert!(text.contains(replace), "fixture drifted: {replace}");
+    tempfile_path::write(&text.replacen(replace, with, 1))
+}
+
+/// A uniquely named file under the target dir, removed on drop.
+mod tempfile_path {
+    pub struct Path(pub std::path::PathBuf);
+    impl Drop for Path {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    pub fn write(text: &str) -> Path {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("horizon-cli-{}-{n}.toml", std::process::id()));
+        std::fs::write(&p, text).unwrap();
+        Path(p)
+    }
+}
+
+fn assert_one_line_error(out: &Output, must_contain: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should fail: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line, got: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for s in must_contain {
+        assert!(stderr.contains(s), "`{s}` missing from: {stderr}");
+    }
+}
+
+#[test]
+fn a_missing_scenario_is_named() {
+    assert_one_line_error(&horizon(&["sim", "no-such-scenario"]), &["no-such-scenario"]);
+}
+
+#[test]
+fn a_toml_syntax_error_names_the_file_line_and_column() {
+    let f = scenario_with("name = \"chop\"", "name = \"chop");
+    let out = horizon(&["sim", f.0.to_str().unwrap()]);
+    assert_one_line_error(&out, &[f.0.to_str().unwrap(), ":"]);
+}
+
+#[test]
+fn an_unknown_key_is_named() {
+    let f = scenario_with("[risk]", "[risk]\ndrawdwn = \"0.1\"");
+    assert_one_line_error(&horizon(&["sim", f.0.to_str().unwrap()]), &["drawdwn"]);
+}
+
+#[test]
+fn an_out_of_range_value_names_its_key() {
+    let f = scenario_with("hysteresis = ", "hysteresis = \"1.5\"\n# was: ");
+    assert_one_line_error(&horizon(&["sim", f.0.to_str().unwrap()]), &["risk.hysteresis", "1.5"]);
+}
+
+#[test]
+fn a_float_where_an_exact_decimal_belongs_is_refused() {
+    let f = scenario_with("max_weight = \"0.4\"", "max_weight = 0.4");
+    assert_one_line_error(&horizon(&["sim", f.0.to_str().unwrap()]), &["portfolio.max_weight", "strings"]);
+}
+
+#[test]
+fn a_bad_flag_is_a_usage_error_not_a_panic() {
+    let out = horizon(&["sim", "chop", "--seed", "banana"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--seed"));
+}
+
+#[test]
+fn sim_prints_a_summary_with_every_section() {
+    let out = horizon(&["sim", "chop"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for s in ["MARKET_DATA_RECEIVED", "rebalances", "max drawdown", "projection digests", "feed events/s"] {
+        assert!(text.contains(s), "`{s}` missing from:\n{text}");
+    }
+}
+
+#[test]
+fn sim_json_carries_the_same_digest_as_a_second_run() {
+    let run = || {
+        let out = horizon(&["sim", "chop", "--json"]);
+        assert!(out.status.success());
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["digests"]["all"].as_str().unwrap().to_string()
+    };
+    assert_eq!(run(), run());
+}
