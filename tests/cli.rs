@@ -81,7 +81,13 @@ fn sim_prints_a_summary_with_every_section() {
     let out = horizon(&["sim", "chop"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
-    for s in ["MARKET_DATA_RECEIVED", "rebalances", "max drawdown", "projection digests", "feed events/s"] {
+    for s in [
+        "MARKET_DATA_RECEIVED",
+        "rebalances",
+        "max drawdown",
+        "projection digests",
+        "feed events/s",
+    ] {
         assert!(text.contains(s), "`{s}` missing from:\n{text}");
     }
 }

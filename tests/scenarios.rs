@@ -63,7 +63,14 @@ fn snapshot(run: &MemoryRun) -> Snapshot {
                     .map(|(iv, bars)| {
                         let f = bars.values().next().unwrap();
                         let l = bars.values().last().unwrap();
-                        (iv.clone(), BarSeriesSummary { count: bars.len(), first: (f.start, f.open, f.close), last: (l.start, l.open, l.close) })
+                        (
+                            iv.clone(),
+                            BarSeriesSummary {
+                                count: bars.len(),
+                                first: (f.start, f.open, f.close),
+                                last: (l.start, l.open, l.close),
+                            },
+                        )
                     })
                     .collect();
                 (sym.clone(), summaries)
@@ -108,7 +115,11 @@ fn the_same_scenario_and_seed_give_the_same_digest_twice() {
     assert_eq!(a.pipeline.digests(), b.pipeline.digests());
     let mut other = s.clone();
     other.seed += 1;
-    assert_ne!(run(&other, 4096).pipeline.digests().all, a.pipeline.digests().all, "the seed matters");
+    assert_ne!(
+        run(&other, 4096).pipeline.digests().all,
+        a.pipeline.digests().all,
+        "the seed matters"
+    );
 }
 
 #[test]
@@ -150,7 +161,12 @@ fn the_audit_trail_links_a_notification_back_to_the_trade_that_started_it() {
     let p = r.pipeline.projections().unwrap();
     let (_, first_feed) = p.notifications.values().next().unwrap().iter().next().unwrap();
     let (_, n) = first_feed;
-    let notification_id = p.audit.iter().find(|(_, a)| a.event_type == horizon_core::event::EventType::UserNotificationTriggered && a.aggregate_id == n.user_id).unwrap().0;
+    let notification_id = p
+        .audit
+        .iter()
+        .find(|(_, a)| a.event_type == horizon_core::event::EventType::UserNotificationTriggered && a.aggregate_id == n.user_id)
+        .unwrap()
+        .0;
     let chain = p.causation_chain(notification_id);
     let types: Vec<_> = chain.iter().map(|(_, a)| a.event_type).collect();
     assert_eq!(types.first(), Some(&horizon_core::event::EventType::UserNotificationTriggered));

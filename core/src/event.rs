@@ -7,7 +7,6 @@
 
 use crate::fixed::Fixed;
 use crate::time::Timestamp;
-use bytes::Bytes;
 use horizon_proto::v1 as pb;
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -16,6 +15,7 @@ use std::fmt;
 
 /// Version of the payload schemas this build writes.
 pub const SCHEMA_VERSION: u32 = 1;
+const SCHEMA_VERSION_TEXT: &str = "1";
 
 pub mod meta_key {
     pub const CORRELATION_ID: &str = "correlation_id";
@@ -338,58 +338,92 @@ impl Event {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let payload = encode_payload(&self.payload);
-        let mut metadata = std::collections::HashMap::with_capacity(5 + self.meta.extra.len());
-        for (k, v) in &self.meta.extra {
-            metadata.insert(k.clone(), v.clone());
+        let mut out = Vec::with_capacity(256);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends the encoded `DomainEvent` to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let mut payload = Vec::with_capacity(96);
+        match &self.payload {
+            Payload::Trade(t) => crate::wire::encode_trade(
+                &mut payload,
+                &t.symbol,
+                &t.exchange,
+                &t.trade_id,
+                t.price,
+                t.quantity,
+                side_pb(t.aggressor_side) as u64,
+                t.ts_exchange,
+            ),
+            other => payload = encode_payload(other),
         }
-        metadata.insert(meta_key::CORRELATION_ID.into(), self.meta.correlation_id.clone());
+        let version_text;
+        let version = if self.meta.schema_version == SCHEMA_VERSION {
+            SCHEMA_VERSION_TEXT
+        } else {
+            version_text = self.meta.schema_version.to_string();
+            &version_text
+        };
+        let mut metadata: Vec<(&str, &str)> = Vec::with_capacity(5 + self.meta.extra.len());
         if !self.meta.causation_id.is_empty() {
-            metadata.insert(meta_key::CAUSATION_ID.into(), self.meta.causation_id.clone());
+            metadata.push((meta_key::CAUSATION_ID, &self.meta.causation_id));
         }
-        metadata.insert(meta_key::PRODUCER.into(), self.meta.producer.clone());
-        metadata.insert(meta_key::SCHEMA_VERSION.into(), self.meta.schema_version.to_string());
-        metadata.insert(meta_key::TRACEPARENT.into(), self.meta.traceparent.clone());
-        pb::DomainEvent {
-            event_id: self.id.clone(),
-            aggregate_id: self.aggregate_id.clone(),
-            r#type: self.event_type().to_proto() as i32,
-            timestamp: Some(self.ts.to_proto()),
-            payload: Bytes::from(payload),
-            metadata,
+        metadata.push((meta_key::CORRELATION_ID, &self.meta.correlation_id));
+        metadata.push((meta_key::PRODUCER, &self.meta.producer));
+        metadata.push((meta_key::SCHEMA_VERSION, version));
+        metadata.push((meta_key::TRACEPARENT, &self.meta.traceparent));
+        for (k, v) in &self.meta.extra {
+            metadata.push((k, v));
         }
-        .encode_to_vec()
+        metadata.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let event_type = self.event_type().to_proto() as u64;
+        crate::wire::encode_envelope(out, &self.id, &self.aggregate_id, event_type, self.ts, &payload, &metadata);
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
-        let env = pb::DomainEvent::decode(bytes).map_err(|e| DecodeError::Envelope(e.to_string()))?;
+        let env = crate::wire::decode_envelope(bytes)?;
         if env.event_id.is_empty() {
             return Err(DecodeError::Missing("event_id"));
         }
-        let declared = pb::EventType::try_from(env.r#type).map_err(|_| DecodeError::UnknownType(env.r#type))?;
-        let declared = EventType::from_proto(declared);
-        let ts = env.timestamp.as_ref().ok_or(DecodeError::Missing("timestamp"))?;
-        let ts = Timestamp::from_proto(ts).ok_or(DecodeError::Invalid("timestamp", "out of range".into()))?;
-        let mut extra: BTreeMap<String, String> = env.metadata.into_iter().collect();
-        let schema_version = match extra.remove(meta_key::SCHEMA_VERSION) {
-            None => SCHEMA_VERSION,
-            Some(v) => v.parse().map_err(|_| DecodeError::Invalid("metadata.schema_version", v.clone()))?,
+        let declared = i32::try_from(env.event_type).ok().and_then(|t| pb::EventType::try_from(t).ok());
+        let declared = EventType::from_proto(declared.ok_or(DecodeError::UnknownType(env.event_type as i32))?);
+        let (secs, nanos) = env.timestamp.ok_or(DecodeError::Missing("timestamp"))?;
+        let ts = Timestamp::from_proto(&prost_types::Timestamp {
+            seconds: secs,
+            nanos: nanos as i32,
+        })
+        .ok_or(DecodeError::Invalid("timestamp", "out of range".into()))?;
+        let mut meta = Meta {
+            schema_version: SCHEMA_VERSION,
+            ..Meta::default()
         };
-        if schema_version > SCHEMA_VERSION {
-            return Err(DecodeError::NewerSchema(schema_version));
+        let mut correlation = None;
+        for (k, v) in env.metadata {
+            match k {
+                meta_key::CORRELATION_ID => correlation = Some(v.to_string()),
+                meta_key::CAUSATION_ID => meta.causation_id = v.to_string(),
+                meta_key::PRODUCER => meta.producer = v.to_string(),
+                meta_key::TRACEPARENT => meta.traceparent = v.to_string(),
+                meta_key::SCHEMA_VERSION => {
+                    meta.schema_version = v
+                        .parse()
+                        .map_err(|_| DecodeError::Invalid("metadata.schema_version", v.to_string()))?;
+                }
+                _ => {
+                    meta.extra.insert(k.to_string(), v.to_string());
+                }
+            }
         }
-        let meta = Meta {
-            correlation_id: extra.remove(meta_key::CORRELATION_ID).unwrap_or_else(|| env.event_id.clone()),
-            causation_id: extra.remove(meta_key::CAUSATION_ID).unwrap_or_default(),
-            producer: extra.remove(meta_key::PRODUCER).unwrap_or_default(),
-            schema_version,
-            traceparent: extra.remove(meta_key::TRACEPARENT).unwrap_or_default(),
-            extra,
-        };
-        let payload = decode_payload(declared, &env.payload)?;
+        if meta.schema_version > SCHEMA_VERSION {
+            return Err(DecodeError::NewerSchema(meta.schema_version));
+        }
+        meta.correlation_id = correlation.unwrap_or_else(|| env.event_id.to_string());
+        let payload = decode_payload(declared, env.payload)?;
         Ok(Event {
-            id: env.event_id,
-            aggregate_id: env.aggregate_id,
+            id: env.event_id.to_string(),
+            aggregate_id: env.aggregate_id.to_string(),
             ts,
             meta,
             payload,
@@ -415,10 +449,26 @@ pub enum DecodeError {
 }
 
 /// `00-<trace id>-<span id>-01`: the trace id follows the correlation id, the span id the event.
+/// Our ids are already 128-bit hashes in hex, so they are used as they are; other producers' ids
+/// are hashed.
 pub fn traceparent(correlation_id: &str, event_id: &str) -> String {
-    let trace = blake3::hash(correlation_id.as_bytes());
-    let span = blake3::hash(event_id.as_bytes());
-    format!("00-{}-{}-01", hex(&trace.as_bytes()[..16]), hex(&span.as_bytes()[..8]))
+    let mut s = String::with_capacity(55);
+    s.push_str("00-");
+    push_hex_id(&mut s, correlation_id, 32);
+    s.push('-');
+    push_hex_id(&mut s, event_id, 16);
+    s.push_str("-01");
+    s
+}
+
+fn push_hex_id(s: &mut String, id: &str, digits: usize) {
+    let is_hex = id.len() >= digits && id.bytes().take(digits).all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    // An all-zero id is invalid in W3C trace context.
+    if is_hex && id.bytes().take(digits).any(|b| b != b'0') {
+        s.push_str(&id[..digits]);
+    } else {
+        s.push_str(&hex(&blake3::hash(id.as_bytes()).as_bytes()[..digits / 2]));
+    }
 }
 
 /// The id of the `index`-th output of `producer` when handling the event `cause_id`.
@@ -882,7 +932,7 @@ mod tests {
             "{err}"
         );
         // An empty payload is not market data either.
-        env.payload = Bytes::new();
+        env.payload = bytes::Bytes::new();
         assert!(matches!(Event::decode(&env.encode_to_vec()), Err(DecodeError::TypeMismatch { .. })));
     }
 

@@ -32,3 +32,4 @@ pub mod sequencer;
 pub mod service;
 pub mod signals;
 pub mod topics;
+pub mod wire;

@@ -53,10 +53,25 @@ struct BarSeries {
 
 #[derive(Clone, Debug, Default)]
 struct SymbolState {
-    recent_ids: VecDeque<String>,
-    // Membership only; never iterated, so its order cannot reach an output.
-    recent_set: HashSet<String>,
+    // 64-bit fingerprints of recent trade ids: no allocation per trade. Membership only; never
+    // iterated, so the set's order cannot reach an output.
+    recent_ids: VecDeque<u64>,
+    recent_set: HashSet<u64>,
     series: BTreeMap<i64, BarSeries>,
+}
+
+/// FNV-1a: a fixed, seedless hash, so fingerprints are the same in every process.
+fn fingerprint(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in *p {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 /// Counters a run reports; part of the state so a restored task counts the same.
@@ -249,12 +264,11 @@ impl MarketService {
     }
 
     /// Remembers an id in the bounded recent window; false if it was already there.
-    fn first_sighting(&self, sym: &mut SymbolState, id: &str) -> bool {
-        if sym.recent_set.contains(id) {
+    fn first_sighting(&self, sym: &mut SymbolState, id: u64) -> bool {
+        if !sym.recent_set.insert(id) {
             return false;
         }
-        sym.recent_ids.push_back(id.to_string());
-        sym.recent_set.insert(id.to_string());
+        sym.recent_ids.push_back(id);
         while sym.recent_ids.len() > self.config.dedup_window {
             if let Some(old) = sym.recent_ids.pop_front() {
                 sym.recent_set.remove(&old);
@@ -294,7 +308,7 @@ impl Service for MarketService {
                     return Self::reject(state, reason);
                 }
                 let sym = state.symbols.entry(t.symbol.clone()).or_default();
-                if !self.first_sighting(sym, &t.trade_id) {
+                if !self.first_sighting(sym, fingerprint(&[t.exchange.as_bytes(), t.trade_id.as_bytes()])) {
                     state.counters.duplicates_dropped += 1;
                     return Ok(());
                 }
@@ -316,8 +330,8 @@ impl Service for MarketService {
                     return Self::reject(state, reason);
                 }
                 let sym = state.symbols.entry(b.symbol.clone()).or_default();
-                let id = format!("bar:{}:{}", b.interval_ms, b.start.nanos());
-                if !self.first_sighting(sym, &id) {
+                let id = fingerprint(&[b"bar", &b.interval_ms.to_le_bytes(), &b.start.nanos().to_le_bytes()]);
+                if !self.first_sighting(sym, id) {
                     state.counters.duplicates_dropped += 1;
                     return Ok(());
                 }

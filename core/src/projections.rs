@@ -13,6 +13,7 @@ use crate::scenario::Scenario;
 use crate::service::{Output, Rejection, Service};
 use crate::time::{format_duration_ms, Timestamp};
 use crate::topics;
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -54,8 +55,16 @@ pub struct Projections {
     pub risk: BTreeMap<String, BTreeMap<String, (Timestamp, RiskCrossing)>>,
     /// Notifications per user, by "time id".
     pub notifications: BTreeMap<String, BTreeMap<String, (Timestamp, Notification)>>,
-    pub audit: BTreeMap<String, AuditEntry>,
+    /// Every event by id. A hash map for speed (it takes every trade); serialised in id order,
+    /// so its iteration order never reaches an output.
+    #[serde(serialize_with = "sorted")]
+    pub audit: FxHashMap<String, AuditEntry>,
     pub events_by_type: BTreeMap<EventType, u64>,
+}
+
+fn sorted<S: serde::Serializer>(map: &FxHashMap<String, AuditEntry>, s: S) -> Result<S::Ok, S::Error> {
+    let ordered: BTreeMap<&String, &AuditEntry> = map.iter().collect();
+    ordered.serialize(s)
 }
 
 fn time_key(ts: Timestamp, id: &str) -> String {
@@ -344,7 +353,7 @@ impl ProjectionService {
         let portfolio = digest_of(&views.portfolios);
         let risk = digest_of(&views.risk);
         let notifications = digest_of(&views.notifications);
-        let audit = digest_of(&p.audit);
+        let audit = digest_of(&p.audit.iter().collect::<BTreeMap<_, _>>());
         let all = digest_of(&[&bars, &portfolio, &risk, &notifications, &audit]);
         Digests {
             bars,

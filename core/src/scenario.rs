@@ -553,7 +553,9 @@ fn fraction(key: &str, v: Fixed) -> Result<(), (String, String)> {
 /// header above it; empty if the line assigns nothing.
 fn key_at_line(text: &str, line: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
-    let Some(l) = lines.get(line.saturating_sub(1)) else { return String::new() };
+    let Some(l) = lines.get(line.saturating_sub(1)) else {
+        return String::new();
+    };
     let Some((key, _)) = l.split_once('=') else { return String::new() };
     let key = key.trim();
     let table = lines[..line.saturating_sub(1)]
