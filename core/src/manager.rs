@@ -207,3 +207,162 @@ impl Service for PortfolioManager {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Bar, Direction, RebalanceReason, Signal};
+    use crate::portfolio::PortfolioConfig;
+    use crate::scenario::{SubscriptionKind, UserConfig};
+
+    fn fx(s: &str) -> Fixed {
+        s.parse().unwrap()
+    }
+
+    fn manager() -> PortfolioManager {
+        PortfolioManager::new(ManagerConfig {
+            portfolio: PortfolioConfig {
+                id: "p".into(),
+                cash: fx("100000"),
+                fee_bps: 0,
+                slippage_bps: 0,
+                rebalance_band: fx("0.01"),
+                min_notional: fx("1"),
+                lots: [("A".to_string(), fx("0.001")), ("B".to_string(), fx("0.001"))]
+                    .into_iter()
+                    .collect(),
+            },
+            risk: RiskConfig {
+                drawdown: fx("0.05"),
+                concentration: fx("0.9"),
+                volatility: fx("0.5"),
+                volatility_window: 5,
+                gap: fx("0.5"),
+                hysteresis: fx("0.2"),
+                derisk_to: fx("0.5"),
+            },
+            users: vec![UserConfig {
+                id: "u".into(),
+                kinds: vec![SubscriptionKind::Risk, SubscriptionKind::Rebalance],
+                symbols: vec![],
+                risk_kinds: vec![],
+                min_severity: crate::event::Severity::Info,
+                max_per_window: 100,
+                window: "1h".into(),
+            }],
+            symbols: vec!["A".into(), "B".into()],
+        })
+    }
+
+    fn signal(symbol: &str, seq: u64, close: &str, target: &str) -> Event {
+        let c = fx(close);
+        let bar = Bar {
+            symbol: symbol.into(),
+            exchange: "SIM".into(),
+            interval_ms: 60_000,
+            start: Timestamp::from_millis(seq as i64 * 60_000),
+            open: c,
+            high: c,
+            low: c,
+            close: c,
+            volume: Fixed::ONE,
+            trade_count: 1,
+            seq,
+        };
+        let s = Signal {
+            portfolio_id: "p".into(),
+            symbol: symbol.into(),
+            direction: Direction::Long,
+            strength: Fixed::ONE,
+            target_weight: fx(target),
+            bar: bar.clone(),
+            strategies: vec![],
+            changed: seq == 0,
+        };
+        Event::root(format!("{symbol}-{seq}"), "p".into(), bar.end(), "signals", Payload::Signal(s))
+    }
+
+    /// Given signals, when they arrive in this order, then the outputs.
+    fn outputs(arrival: &[Event]) -> Vec<Output> {
+        let m = manager();
+        let mut state = ManagerState::default();
+        let mut out = Vec::new();
+        for e in arrival {
+            m.handle(&mut state, e, &mut out).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn nothing_is_decided_until_every_symbol_reaches_the_instant() {
+        assert!(outputs(&[signal("A", 0, "100", "0.4")]).is_empty());
+        let out = outputs(&[signal("A", 0, "100", "0.4"), signal("B", 0, "50", "0.4")]);
+        assert!(out.iter().any(|o| o.topic == topics::PORTFOLIO));
+    }
+
+    #[test]
+    fn the_outputs_do_not_depend_on_which_symbol_arrives_first_or_on_duplicates() {
+        let a = [
+            signal("A", 0, "100", "0.4"),
+            signal("B", 0, "50", "0.4"),
+            signal("A", 1, "90", "0.4"),
+            signal("B", 1, "45", "0.4"),
+        ];
+        let b = [a[1].clone(), a[3].clone(), a[0].clone(), a[0].clone(), a[2].clone(), a[3].clone()];
+        assert_eq!(outputs(&a), outputs(&b));
+    }
+
+    #[test]
+    fn a_drawdown_crossing_de_risks_and_says_so() {
+        // Fully invested at 100, then both assets fall 10%: drawdown 8% > 5%.
+        let out = outputs(&[
+            signal("A", 0, "100", "0.45"),
+            signal("B", 0, "100", "0.45"),
+            signal("A", 1, "90", "0.45"),
+            signal("B", 1, "90", "0.45"),
+        ]);
+        let risk: Vec<_> = out
+            .iter()
+            .filter_map(|o| match &o.event.payload {
+                Payload::Risk(r) => Some(r.clone()),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            risk.iter().any(|r| r.kind == RiskKind::Drawdown && r.crossing == Crossing::Entered),
+            "{risk:?}"
+        );
+        let derisk = out.iter().find_map(|o| match &o.event.payload {
+            Payload::Rebalance(r) if r.reason == RebalanceReason::Derisk => Some((o, r.clone())),
+            _ => None,
+        });
+        let (o, r) = derisk.expect("a de-risking rebalance");
+        assert!(r.fills.iter().all(|f| f.side == crate::event::Side::Sell));
+        let risk_ids: Vec<_> = out.iter().filter(|o| o.topic == topics::RISK).map(|o| o.event.id.clone()).collect();
+        assert!(
+            risk_ids.contains(&o.event.meta.causation_id),
+            "the rebalance is caused by the risk event"
+        );
+        assert!(out.iter().any(|o| o.topic == topics::NOTIFICATIONS && o.key == "u"));
+    }
+
+    #[test]
+    fn a_signal_for_another_portfolio_or_symbol_is_rejected() {
+        let m = manager();
+        let mut state = ManagerState::default();
+        let mut other = signal("A", 0, "1", "0");
+        if let Payload::Signal(s) = &mut other.payload {
+            s.portfolio_id = "q".into();
+        }
+        assert_eq!(
+            m.handle(&mut state, &other, &mut Vec::new()).unwrap_err().0,
+            "unknown portfolio `q`"
+        );
+        let stray = signal("C", 0, "1", "0");
+        assert!(m
+            .handle(&mut state, &stray, &mut Vec::new())
+            .unwrap_err()
+            .0
+            .contains("unknown symbol `C`"));
+    }
+}
