@@ -718,6 +718,33 @@ fn decode_payload(declared: EventType, bytes: &[u8]) -> Result<Payload, DecodeEr
     let mismatch = |reason: String| DecodeError::TypeMismatch { declared, reason };
     match declared {
         EventType::MarketDataReceived => {
+            if let Some(t) = crate::wire::decode_trade(bytes) {
+                let fixed_of = |d: Option<(i64, u32)>, field: &'static str| {
+                    let (units, scale) = d.ok_or(DecodeError::Missing(field))?;
+                    Fixed::from_scaled(units, scale).map_err(|e| DecodeError::Invalid(field, e.to_string()))
+                };
+                let (secs, nanos) = t.ts.ok_or(DecodeError::Missing("trade.ts_exchange"))?;
+                let ts_exchange = Timestamp::from_proto(&prost_types::Timestamp {
+                    seconds: secs,
+                    nanos: nanos as i32,
+                })
+                .ok_or(DecodeError::Invalid("trade.ts_exchange", "out of range".into()))?;
+                if t.symbol.is_empty() {
+                    return Err(DecodeError::Missing("trade.symbol"));
+                }
+                if t.trade_id.is_empty() {
+                    return Err(DecodeError::Missing("trade.trade_id"));
+                }
+                return Ok(Payload::Trade(Trade {
+                    price: fixed_of(t.price, "trade.price")?,
+                    quantity: fixed_of(t.quantity, "trade.quantity")?,
+                    ts_exchange,
+                    aggressor_side: side(i32::try_from(t.side).unwrap_or(-1), "trade.aggressor_side")?,
+                    symbol: t.symbol.to_string(),
+                    trade_id: t.trade_id.to_string(),
+                    exchange: t.exchange.to_string(),
+                }));
+            }
             let m = pb::MarketData::decode(bytes).map_err(|e| mismatch(e.to_string()))?;
             match m.data {
                 None => Err(mismatch("neither `trade` nor `bar` is set".into())),

@@ -321,6 +321,81 @@ pub fn decode_envelope(buf: &[u8]) -> Result<Envelope<'_>, DecodeError> {
     Ok(env)
 }
 
+/// A trade's fields, borrowed from a `MarketData { trade }` payload.
+pub struct TradeRef<'a> {
+    pub symbol: &'a str,
+    pub exchange: &'a str,
+    pub trade_id: &'a str,
+    pub price: Option<(i64, u32)>,
+    pub quantity: Option<(i64, u32)>,
+    pub side: u64,
+    pub ts: Option<(i64, i64)>,
+}
+
+fn decimal_parts(buf: &[u8]) -> Result<(i64, u32), DecodeError> {
+    let mut r = Reader::new(buf);
+    let (mut units, mut scale) = (0i64, 0u32);
+    while !r.done() {
+        match r.key()? {
+            (1, 0) => {
+                let z = r.varint()?;
+                units = ((z >> 1) as i64) ^ -((z & 1) as i64);
+            }
+            (2, 0) => scale = r.varint()? as u32,
+            (_, w) => r.skip(w)?,
+        }
+    }
+    Ok((units, scale))
+}
+
+/// The fast path for the commonest payload. `None` when the payload is anything but a
+/// well-formed trade: the caller then decodes with the generated code, which names the problem.
+pub fn decode_trade(buf: &[u8]) -> Option<TradeRef<'_>> {
+    let mut outer = Reader::new(buf);
+    let (field, wt) = outer.key().ok()?;
+    if (field, wt) != (1, 2) {
+        return None;
+    }
+    let body = outer.bytes().ok()?;
+    if !outer.done() {
+        return None;
+    }
+    let mut r = Reader::new(body);
+    let mut t = TradeRef {
+        symbol: "",
+        exchange: "",
+        trade_id: "",
+        price: None,
+        quantity: None,
+        side: 0,
+        ts: None,
+    };
+    while !r.done() {
+        match r.key().ok()? {
+            (1, 2) => t.symbol = r.str().ok()?,
+            (2, 2) => t.exchange = r.str().ok()?,
+            (3, 2) => t.trade_id = r.str().ok()?,
+            (4, 2) => t.price = Some(decimal_parts(r.bytes().ok()?).ok()?),
+            (5, 2) => t.quantity = Some(decimal_parts(r.bytes().ok()?).ok()?),
+            (6, 0) => t.side = r.varint().ok()?,
+            (7, 2) => {
+                let mut tr = Reader::new(r.bytes().ok()?);
+                let (mut secs, mut nanos) = (0i64, 0i64);
+                while !tr.done() {
+                    match tr.key().ok()? {
+                        (1, 0) => secs = tr.varint().ok()? as i64,
+                        (2, 0) => nanos = tr.varint().ok()? as i32 as i64,
+                        (_, w) => tr.skip(w).ok()?,
+                    }
+                }
+                t.ts = Some((secs, nanos));
+            }
+            _ => return None,
+        }
+    }
+    Some(t)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
