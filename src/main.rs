@@ -4,6 +4,7 @@
 //! runs is in `horizon-core` (the pure domain), `horizon-sim` and `horizon-runtime`. Errors are
 //! one line on stderr and a non-zero exit, never a panic trace.
 
+mod audit_cmd;
 mod sim_cmd;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +25,9 @@ struct Cli {
 enum Command {
     /// Run a scenario end to end on the in-memory bus and summarise it.
     Sim(sim_cmd::SimArgs),
+    /// Audit logs: verify the hash chains.
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCommand),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +42,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Sim(args) => sim_cmd::run(args),
+        Command::Audit(cmd) => audit_cmd::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -102,3 +102,31 @@ fn sim_json_carries_the_same_digest_as_a_second_run() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn sim_out_writes_an_audit_log_that_verifies_and_a_tampered_one_that_does_not() {
+    let dir = std::env::temp_dir().join(format!("horizon-audit-{}", std::process::id()));
+    let out = horizon(&["sim", "chop", "--out", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let log = dir.join("audit.log");
+    let ok = horizon(&["audit", "verify", log.to_str().unwrap()]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("every link intact"));
+
+    // Alter one record's value (line 10): the verifier names that line.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let mut v: serde_json::Value = serde_json::from_str(&lines[9]).unwrap();
+    v["record"]["value"] = serde_json::json!("Zm9yZ2Vk");
+    lines[9] = v.to_string();
+    let tampered = dir.join("tampered.log");
+    std::fs::write(&tampered, lines.join("\n")).unwrap();
+    assert_one_line_error(&horizon(&["audit", "verify", tampered.to_str().unwrap()]), &["line 10", "altered"]);
+
+    // Remove a record: named at the next record of its chain.
+    let mut removed: Vec<String> = text.lines().map(str::to_string).collect();
+    removed.remove(9);
+    std::fs::write(&tampered, removed.join("\n")).unwrap();
+    assert_one_line_error(&horizon(&["audit", "verify", tampered.to_str().unwrap()]), &["removed"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -15,6 +15,7 @@ pub mod time;
 
 pub use fixed::Fixed;
 pub use time::Timestamp;
+pub mod audit;
 pub mod bus;
 pub mod feed;
 pub mod generator;

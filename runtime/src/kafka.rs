@@ -1,0 +1,893 @@
+//! The Apache Kafka backend: `horizon_core::bus::{Producer, Consumer}` on librdkafka (through
+//! `rdkafka`'s synchronous `BaseProducer` / `BaseConsumer`), so the one processing loop
+//! (`horizon_core::processor`) runs on a real cluster exactly as on the in-memory bus.
+//!
+//! Semantics, matching `horizon_core::memory`:
+//! - Producer: idempotent (`enable.idempotence=true`, `acks=all`), batched (`linger.ms=5`),
+//!   every record sent to the explicit partition the loop computed with Kafka's murmur2. `send`
+//!   only enqueues; `flush` waits (bounded) until every record sent since the previous flush is
+//!   acknowledged, and reports `Unavailable` if any failed or did not make it in time, after
+//!   which the loop sends them all again (duplicates are harmless: handlers are idempotent).
+//! - Consumer: one member of a consumer group, offsets committed only explicitly and
+//!   synchronously (`enable.auto.commit=false`, `enable.auto.offset.store=false`), new groups
+//!   start at the beginning (`auto.offset.reset=earliest`). Partition assignment uses the
+//!   `range` assignor with the eager protocol: it gives one member partition `p` of every
+//!   subscribed topic with the same partition count, which is what a task spanning
+//!   co-partitioned topics needs. Rebalances surface from `poll` as `Polled::Revoked` (the whole
+//!   previous assignment, eager) then `Polled::Assigned`, in the order librdkafka ran them and
+//!   before any record fetched after them. Records buffered for a partition when it is revoked
+//!   are dropped: the next owner reads them again from the committed offset. Defaults
+//!   `session.timeout.ms=10000`, `heartbeat.interval.ms=1000` (a crashed member's partitions move
+//!   within ~10 s; override them in the properties).
+//! - `fetch` reads a range of a partition with a separate, group-less reader (`assign` at the
+//!   start offset), used to restore a task by replay.
+//!
+//! Client properties from `KafkaConfig::properties` (for example `security.protocol`, `sasl.*`,
+//! `ssl.*`, `client.id`, `linger.ms`) are passed to librdkafka verbatim; only the settings the
+//! loop's guarantees rest on are enforced over them.
+
+use bytes::Bytes;
+use horizon_core::bus::{self, BusError, Polled, Record, Topic, TopicPartition};
+use horizon_core::topics;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, DefaultConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Message as _};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long `poll` waits for a first record when there is nothing to deliver.
+const POLL_WAIT: Duration = Duration::from_millis(100);
+/// Once a batch has records, how long `poll` waits for more before returning it.
+const POLL_LINGER: Duration = Duration::from_millis(5);
+/// Bound on waiting for room in the producer's queue.
+const QUEUE_FULL_WAIT: Duration = Duration::from_secs(30);
+
+/// Connection settings shared by every client: bootstrap servers plus any librdkafka property.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaConfig {
+    pub bootstrap: String,
+    /// Passed through verbatim to every client (producer, consumer, reader, admin).
+    pub properties: BTreeMap<String, String>,
+    /// Bound on `KafkaProducer::flush`.
+    pub flush_timeout: Duration,
+    /// Bound on a metadata, committed-offset or commit request and on one `fetch`.
+    pub request_timeout: Duration,
+}
+
+impl KafkaConfig {
+    pub fn new(bootstrap: impl Into<String>) -> KafkaConfig {
+        KafkaConfig {
+            bootstrap: bootstrap.into(),
+            properties: BTreeMap::new(),
+            flush_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+
+    pub fn with_properties(bootstrap: impl Into<String>, properties: BTreeMap<String, String>) -> KafkaConfig {
+        KafkaConfig {
+            properties,
+            ..KafkaConfig::new(bootstrap)
+        }
+    }
+
+    /// Adds (or replaces) one client property.
+    pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> KafkaConfig {
+        self.properties.insert(key.into(), value.into());
+        self
+    }
+
+    /// Parses Java-style client properties (`key=value` or `key: value` lines, `#`/`!`
+    /// comments), as in a Kafka `client.properties` file. `bootstrap.servers` is required.
+    pub fn from_properties(text: &str) -> Result<KafkaConfig, BusError> {
+        let mut properties = BTreeMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+                continue;
+            }
+            let Some(at) = line.find(['=', ':']) else {
+                return Err(BusError::Fatal(format!(
+                    "client properties line {}: expected key=value, got `{line}`",
+                    n + 1
+                )));
+            };
+            properties.insert(line[..at].trim().to_string(), line[at + 1..].trim().to_string());
+        }
+        let bootstrap = properties
+            .remove("bootstrap.servers")
+            .ok_or_else(|| BusError::Fatal("client properties: bootstrap.servers is missing".into()))?;
+        Ok(KafkaConfig::with_properties(bootstrap, properties))
+    }
+
+    /// Reads a client properties file (see `from_properties`).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<KafkaConfig, BusError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| BusError::Fatal(format!("cannot read {}: {e}", path.display())))?;
+        KafkaConfig::from_properties(&text)
+    }
+
+    /// `defaults`, then the user's properties, then `required` (what the guarantees rest on).
+    fn client_config(&self, defaults: &[(&str, &str)], required: &[(&str, &str)]) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap);
+        for (k, v) in defaults {
+            c.set(*k, *v);
+        }
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        for (k, v) in required {
+            c.set(*k, *v);
+        }
+        c
+    }
+}
+
+/// Maps a client error onto the bus's error kinds.
+fn bus_error(e: &KafkaError) -> BusError {
+    use RDKafkaErrorCode as C;
+    let text = e.to_string();
+    match e.rdkafka_error_code() {
+        Some(C::RebalanceInProgress | C::IllegalGeneration | C::UnknownMemberId | C::AssignmentLost | C::FencedInstanceId | C::State) => {
+            BusError::NotAssigned(text)
+        }
+        Some(C::UnknownTopic | C::UnknownPartition) => BusError::UnknownTopic(text),
+        Some(
+            C::Fatal
+            | C::InvalidArgument
+            | C::Authentication
+            | C::SaslAuthenticationFailed
+            | C::TopicAuthorizationFailed
+            | C::GroupAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::TransactionalIdAuthorizationFailed
+            | C::UnsupportedSASLMechanism
+            | C::InvalidConfig,
+        ) => BusError::Fatal(text),
+        _ => match e {
+            KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_) | KafkaError::Subscription(_) => BusError::Fatal(text),
+            _ => BusError::Unavailable(text),
+        },
+    }
+}
+
+fn static_topic(name: &str) -> Result<Topic, BusError> {
+    topics::by_name(name).ok_or_else(|| BusError::UnknownTopic(name.to_string()))
+}
+
+fn to_record(m: &impl rdkafka::message::Message) -> Result<Record, BusError> {
+    Ok(Record {
+        topic: static_topic(m.topic())?,
+        partition: m.partition() as u32,
+        offset: m.offset() as u64,
+        key: Bytes::copy_from_slice(m.key().unwrap_or_default()),
+        value: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+    })
+}
+
+fn to_tps(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+    let mut tps: Vec<TopicPartition> = tpl
+        .elements()
+        .iter()
+        .filter_map(|e| match topics::by_name(e.topic()) {
+            Some(topic) => Some(TopicPartition {
+                topic,
+                partition: e.partition() as u32,
+            }),
+            None => {
+                log::warn!("ignoring partition {}/{} of an undocumented topic", e.topic(), e.partition());
+                None
+            }
+        })
+        .collect();
+    tps.sort();
+    tps
+}
+
+// ------------------------------------------------------------------------------------ producer
+
+/// Counts delivery reports of the current flush epoch; reports of older epochs (records that a
+/// failed flush gave up on and the loop has sent again) are ignored.
+#[derive(Default)]
+struct DeliveryTracker {
+    epoch: AtomicU64,
+    acked: AtomicU64,
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, epoch: usize) {
+        if epoch as u64 != self.epoch.load(Ordering::SeqCst) {
+            return;
+        }
+        match result {
+            Ok(_) => {
+                self.acked.fetch_add(1, Ordering::SeqCst);
+            }
+            Err((e, m)) => {
+                self.failed.fetch_add(1, Ordering::SeqCst);
+                let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+                if first.is_none() {
+                    *first = Some(format!("{}/{}: {e}", m.topic(), m.partition()));
+                }
+            }
+        }
+    }
+}
+
+/// An idempotent, batching producer.
+pub struct KafkaProducer {
+    producer: BaseProducer<DeliveryTracker>,
+    /// Records sent in the current epoch.
+    sent: u64,
+    flush_timeout: Duration,
+}
+
+impl KafkaProducer {
+    pub fn new(config: &KafkaConfig) -> Result<KafkaProducer, BusError> {
+        // message.timeout.ms below the flush bound, so a failed flush leaves little in flight.
+        let message_timeout = config
+            .flush_timeout
+            .saturating_sub(Duration::from_secs(5))
+            .max(Duration::from_secs(1))
+            .as_millis()
+            .to_string();
+        let producer = config
+            .client_config(
+                &[
+                    ("linger.ms", "5"),
+                    ("batch.num.messages", "10000"),
+                    ("message.timeout.ms", &message_timeout),
+                    ("compression.type", "none"),
+                ],
+                &[("enable.idempotence", "true"), ("acks", "all")],
+            )
+            .create_with_context(DeliveryTracker::default())
+            .map_err(|e| bus_error(&e))?;
+        Ok(KafkaProducer {
+            producer,
+            sent: 0,
+            flush_timeout: config.flush_timeout,
+        })
+    }
+
+    fn tracker(&self) -> &DeliveryTracker {
+        self.producer.context()
+    }
+
+    /// Starts a new epoch: reports still due for the old one no longer count.
+    fn next_epoch(&mut self) {
+        let t = self.producer.context();
+        t.epoch.fetch_add(1, Ordering::SeqCst);
+        t.acked.store(0, Ordering::SeqCst);
+        t.failed.store(0, Ordering::SeqCst);
+        *t.first_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.sent = 0;
+    }
+
+    fn fatal_error(&self) -> Option<BusError> {
+        self.producer
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| BusError::Fatal(format!("producer: {code}: {reason}")))
+    }
+}
+
+impl bus::Producer for KafkaProducer {
+    fn send(&mut self, topic: Topic, partition: u32, key: &[u8], value: &[u8]) -> Result<(), BusError> {
+        let epoch = self.tracker().epoch.load(Ordering::SeqCst) as usize;
+        let mut record = BaseRecord::with_opaque_to(topic, epoch)
+            .partition(partition as i32)
+            .key(key)
+            .payload(value);
+        let mut deadline = None;
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => {
+                    self.sent += 1;
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    let until = *deadline.get_or_insert_with(|| Instant::now() + QUEUE_FULL_WAIT);
+                    if Instant::now() >= until {
+                        return Err(BusError::Unavailable(format!(
+                            "producer queue still full after {QUEUE_FULL_WAIT:?}"
+                        )));
+                    }
+                    // Serve delivery reports so the queue drains.
+                    self.producer.poll(Duration::from_millis(100));
+                    record = back;
+                }
+                Err((e, _)) => return Err(self.fatal_error().unwrap_or_else(|| bus_error(&e))),
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), BusError> {
+        let deadline = Instant::now() + self.flush_timeout;
+        loop {
+            let t = self.tracker();
+            let done = t.acked.load(Ordering::SeqCst) + t.failed.load(Ordering::SeqCst);
+            if done >= self.sent {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            self.producer.poll((deadline - now).min(Duration::from_millis(50)));
+        }
+        let t = self.tracker();
+        let (sent, acked, failed) = (self.sent, t.acked.load(Ordering::SeqCst), t.failed.load(Ordering::SeqCst));
+        let first_error = t.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        self.next_epoch();
+        if let Some(fatal) = self.fatal_error() {
+            return Err(fatal);
+        }
+        if failed > 0 {
+            return Err(BusError::Unavailable(format!(
+                "{failed} of {sent} records were not delivered (first: {})",
+                first_error.unwrap_or_default()
+            )));
+        }
+        if acked < sent {
+            return Err(BusError::Unavailable(format!(
+                "{} of {sent} records not acknowledged within {:?}",
+                sent - acked,
+                self.flush_timeout
+            )));
+        }
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------------------------ consumer
+
+/// Turns librdkafka's rebalance callbacks into notices for `poll` and keeps the assignment.
+#[derive(Default)]
+struct GroupContext {
+    notices: Mutex<VecDeque<Polled>>,
+    assigned: Mutex<BTreeSet<TopicPartition>>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // Revoke: nothing to commit here, the loop commits after every batch before polling.
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let tps = to_tps(tpl);
+            let mut assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
+            for tp in &tps {
+                assigned.remove(tp);
+            }
+            if !tps.is_empty() {
+                self.notices
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push_back(Polled::Revoked(tps));
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let tps = to_tps(tpl);
+                self.assigned.lock().unwrap_or_else(|p| p.into_inner()).extend(tps.iter().copied());
+                if !tps.is_empty() {
+                    self.notices
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push_back(Polled::Assigned(tps));
+                }
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => log::warn!("rebalance error: {e}"),
+        }
+    }
+}
+
+enum Item {
+    Notice(Polled),
+    Record(Record),
+}
+
+/// One member of a consumer group.
+pub struct KafkaConsumer {
+    consumer: BaseConsumer<GroupContext>,
+    /// Notices and records in the order they happened, not yet handed out.
+    buffer: VecDeque<Item>,
+    /// A consumer outside the group (assign + seek) for `fetch` and watermarks, made on first use.
+    reader: Option<BaseConsumer<DefaultConsumerContext>>,
+    config: KafkaConfig,
+    group: String,
+}
+
+impl KafkaConsumer {
+    /// Joins `group` subscribed to `topics`; the assignment arrives from `poll`.
+    pub fn new(config: &KafkaConfig, group: &str, topics: &[Topic]) -> Result<KafkaConsumer, BusError> {
+        let consumer: BaseConsumer<GroupContext> = config
+            .client_config(
+                &[
+                    ("partition.assignment.strategy", "range"),
+                    ("session.timeout.ms", "10000"),
+                    ("heartbeat.interval.ms", "1000"),
+                ],
+                &[
+                    ("group.id", group),
+                    ("enable.auto.commit", "false"),
+                    ("enable.auto.offset.store", "false"),
+                    ("auto.offset.reset", "earliest"),
+                    ("enable.partition.eof", "false"),
+                ],
+            )
+            .create_with_context(GroupContext::default())
+            .map_err(|e| bus_error(&e))?;
+        consumer.subscribe(topics).map_err(|e| bus_error(&e))?;
+        Ok(KafkaConsumer {
+            consumer,
+            buffer: VecDeque::new(),
+            reader: None,
+            config: config.clone(),
+            group: group.to_string(),
+        })
+    }
+
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// The partitions this member owns right now.
+    pub fn assignment(&self) -> Vec<TopicPartition> {
+        self.consumer
+            .context()
+            .assigned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    /// The offset the next record appended to a partition will get (its high watermark).
+    pub fn end_offset(&mut self, tp: TopicPartition) -> Result<u64, BusError> {
+        let timeout = self.config.request_timeout;
+        let (_, high) = self
+            .reader()?
+            .fetch_watermarks(tp.topic, tp.partition as i32, timeout)
+            .map_err(|e| bus_error(&e))?;
+        Ok(high.max(0) as u64)
+    }
+
+    fn reader(&mut self) -> Result<&BaseConsumer<DefaultConsumerContext>, BusError> {
+        if self.reader.is_none() {
+            // librdkafka refuses `assign` without a group id; this one never joins (no
+            // subscribe) nor commits, so it is distinct from the member's group only for clarity.
+            let group = format!("{}.reader", self.group);
+            let reader: BaseConsumer<DefaultConsumerContext> = self
+                .config
+                .client_config(
+                    &[],
+                    &[
+                        ("group.id", &group),
+                        ("enable.auto.commit", "false"),
+                        ("enable.auto.offset.store", "false"),
+                        ("enable.partition.eof", "true"),
+                        ("auto.offset.reset", "earliest"),
+                    ],
+                )
+                .create()
+                .map_err(|e| bus_error(&e))?;
+            self.reader = Some(reader);
+        }
+        Ok(self.reader.as_ref().expect("created above"))
+    }
+
+    /// Moves rebalance notices into the buffer; records buffered for revoked partitions go.
+    fn absorb_notices(&mut self) {
+        let notices: Vec<Polled> = self
+            .consumer
+            .context()
+            .notices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        for n in notices {
+            if let Polled::Revoked(tps) = &n {
+                self.buffer.retain(|i| !matches!(i, Item::Record(r) if tps.contains(&r.tp())));
+            }
+            self.buffer.push_back(Item::Notice(n));
+        }
+    }
+
+    /// Records at the front of the buffer, before any notice.
+    fn leading_records(&self) -> usize {
+        self.buffer.iter().take_while(|i| matches!(i, Item::Record(_))).count()
+    }
+
+    fn has_notice(&self) -> bool {
+        self.buffer.iter().any(|i| matches!(i, Item::Notice(_)))
+    }
+
+    fn take(&mut self, max_records: usize) -> Polled {
+        if let Some(Item::Notice(_)) = self.buffer.front() {
+            let Some(Item::Notice(n)) = self.buffer.pop_front() else {
+                unreachable!()
+            };
+            return n;
+        }
+        let n = self.leading_records().min(max_records);
+        if n == 0 {
+            return Polled::Idle;
+        }
+        let records = self
+            .buffer
+            .drain(..n)
+            .map(|i| match i {
+                Item::Record(r) => r,
+                Item::Notice(_) => unreachable!("only leading records are drained"),
+            })
+            .collect();
+        Polled::Records(records)
+    }
+}
+
+impl bus::Consumer for KafkaConsumer {
+    fn poll(&mut self, max_records: usize) -> Result<Polled, BusError> {
+        let max_records = max_records.max(1);
+        let start = Instant::now();
+        loop {
+            self.absorb_notices();
+            if self.has_notice() || self.leading_records() >= max_records {
+                break;
+            }
+            let have = self.leading_records() > 0;
+            let wait = if have {
+                POLL_LINGER
+            } else {
+                POLL_WAIT.saturating_sub(start.elapsed())
+            };
+            if wait.is_zero() {
+                break;
+            }
+            let polled = self.consumer.poll(wait).map(|r| r.map(|m| to_record(&m)));
+            match polled {
+                Some(Ok(record)) => {
+                    // A rebalance served inside this poll precedes the record.
+                    self.absorb_notices();
+                    self.buffer.push_back(Item::Record(record?));
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => {
+                    if let Some((code, reason)) = self.consumer.client().fatal_error() {
+                        return Err(BusError::Fatal(format!("consumer: {code}: {reason}")));
+                    }
+                    self.absorb_notices();
+                    if self.leading_records() == 0 && !self.has_notice() {
+                        return Err(bus_error(&e));
+                    }
+                    log::warn!("consumer: {e}");
+                    break;
+                }
+                None => {
+                    if have {
+                        self.absorb_notices();
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(self.take(max_records))
+    }
+
+    fn commit(&mut self, offsets: &[(TopicPartition, u64)]) -> Result<(), BusError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        {
+            let assigned = self.consumer.context().assigned.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((tp, _)) = offsets.iter().find(|(tp, _)| !assigned.contains(tp)) {
+                return Err(BusError::NotAssigned(tp.to_string()));
+            }
+        }
+        let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+        for (tp, offset) in offsets {
+            tpl.add_partition_offset(tp.topic, tp.partition as i32, Offset::Offset(*offset as i64))
+                .map_err(|e| bus_error(&e))?;
+        }
+        match self.consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => Ok(()),
+            Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => Ok(()),
+            Err(e) => Err(bus_error(&e)),
+        }
+    }
+
+    fn committed(&mut self, tp: TopicPartition) -> Result<u64, BusError> {
+        let mut tpl = TopicPartitionList::with_capacity(1);
+        tpl.add_partition(tp.topic, tp.partition as i32);
+        let got = self
+            .consumer
+            .committed_offsets(tpl, self.config.request_timeout)
+            .map_err(|e| bus_error(&e))?;
+        let elem = got
+            .find_partition(tp.topic, tp.partition as i32)
+            .ok_or_else(|| BusError::Unavailable(format!("no committed offset reported for {tp}")))?;
+        elem.error().map_err(|e| bus_error(&e))?;
+        Ok(match elem.offset() {
+            Offset::Offset(o) if o >= 0 => o as u64,
+            _ => 0,
+        })
+    }
+
+    fn fetch(&mut self, tp: TopicPartition, from: u64, to: u64) -> Result<Vec<Record>, BusError> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let timeout = self.config.request_timeout;
+        let reader = self.reader()?;
+        let (low, high) = reader
+            .fetch_watermarks(tp.topic, tp.partition as i32, timeout)
+            .map_err(|e| bus_error(&e))?;
+        // Nothing before the log start survives; nothing at or past the end exists yet.
+        let from = from.max(low.max(0) as u64);
+        let to = to.min(high.max(0) as u64);
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let mut tpl = TopicPartitionList::with_capacity(1);
+        tpl.add_partition_offset(tp.topic, tp.partition as i32, Offset::Offset(from as i64))
+            .map_err(|e| bus_error(&e))?;
+        reader.assign(&tpl).map_err(|e| bus_error(&e))?;
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::with_capacity((to - from) as usize);
+        let mut last_error = None;
+        let complete = loop {
+            let now = Instant::now();
+            if now >= deadline {
+                break false;
+            }
+            match reader.poll((deadline - now).min(Duration::from_millis(100))) {
+                Some(Ok(m)) => {
+                    if m.topic() != tp.topic || m.partition() != tp.partition as i32 {
+                        continue;
+                    }
+                    let offset = m.offset() as u64;
+                    if offset < from {
+                        continue;
+                    }
+                    if offset >= to {
+                        // Offsets may skip (transaction markers, compaction): past the range.
+                        break true;
+                    }
+                    out.push(Record {
+                        topic: tp.topic,
+                        partition: tp.partition,
+                        offset,
+                        key: Bytes::copy_from_slice(m.key().unwrap_or_default()),
+                        value: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+                    });
+                    if offset + 1 >= to {
+                        break true;
+                    }
+                }
+                // The end of the partition (or of committed data) before `to`: all there is.
+                Some(Err(KafkaError::PartitionEOF(p))) if p == tp.partition as i32 => break true,
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => last_error = Some(e),
+                None => {}
+            }
+        };
+        let _ = reader.unassign();
+        if !complete {
+            let why = last_error.map(|e| format!(": {e}")).unwrap_or_default();
+            return Err(BusError::Unavailable(format!(
+                "fetch {tp} [{from}, {to}) incomplete after {timeout:?} ({} records){why}",
+                out.len()
+            )));
+        }
+        Ok(out)
+    }
+}
+
+// ------------------------------------------------------------------------------------ admin
+
+/// Topic administration.
+pub mod admin {
+    use super::{bus_error, KafkaConfig};
+    use horizon_core::bus::{BusError, Topic, TopicPartition};
+    use horizon_core::topics;
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, DefaultConsumerContext};
+    use rdkafka::error::RDKafkaErrorCode;
+    use rdkafka::{Offset, TopicPartitionList};
+    use std::collections::BTreeMap;
+    use std::time::{Duration, Instant};
+
+    /// Creates every documented topic (`topics::ALL`) with its partition count; topics that
+    /// already exist are left as they are. `min_insync` sets `min.insync.replicas` on the topics
+    /// this call creates. Returns once every partition of every topic has a leader.
+    pub fn create_topics(
+        bootstrap: &str,
+        extra: &BTreeMap<String, String>,
+        replication_factor: i32,
+        min_insync: Option<u32>,
+    ) -> Result<(), BusError> {
+        let config = KafkaConfig::with_properties(bootstrap, extra.clone());
+        let admin: AdminClient<DefaultClientContext> = config.client_config(&[], &[]).create().map_err(|e| bus_error(&e))?;
+        let misr = min_insync.map(|n| n.to_string());
+        let new: Vec<NewTopic<'_>> = topics::ALL
+            .iter()
+            .map(|t| {
+                let topic = NewTopic::new(t.name, t.partitions as i32, TopicReplication::Fixed(replication_factor));
+                match &misr {
+                    Some(m) => topic.set("min.insync.replicas", m),
+                    None => topic,
+                }
+            })
+            .collect();
+        let options = AdminOptions::new()
+            .operation_timeout(Some(config.request_timeout))
+            .request_timeout(Some(config.request_timeout));
+        let results = futures_executor::block_on(admin.create_topics(new.iter(), &options)).map_err(|e| bus_error(&e))?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => return Err(BusError::Unavailable(format!("creating topic {name}: {code}"))),
+            }
+        }
+        wait_for_leaders(&admin, config.request_timeout)
+    }
+
+    fn wait_for_leaders(admin: &AdminClient<DefaultClientContext>, timeout: Duration) -> Result<(), BusError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let missing = match admin.inner().fetch_metadata(None, Duration::from_secs(5)) {
+                Ok(md) => topics::ALL
+                    .iter()
+                    .filter(|spec| {
+                        let Some(t) = md.topics().iter().find(|t| t.name() == spec.name) else {
+                            return true;
+                        };
+                        t.error().is_some()
+                            || t.partitions().len() != spec.partitions as usize
+                            || t.partitions().iter().any(|p| p.leader() < 0 || p.error().is_some())
+                    })
+                    .map(|s| s.name)
+                    .collect::<Vec<_>>(),
+                Err(e) => return Err(bus_error(&e)),
+            };
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(BusError::Unavailable(format!(
+                    "topics without leaders after {timeout:?}: {}",
+                    missing.join(", ")
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Commits, for `group`, the current end offset of every partition of `topics`, so a new
+    /// group starts with what is published from now on instead of the whole log. Refused by
+    /// the broker while the group has live members.
+    pub fn commit_group_at_end(config: &KafkaConfig, group: &str, topics: &[Topic]) -> Result<Vec<(TopicPartition, u64)>, BusError> {
+        let consumer: BaseConsumer<DefaultConsumerContext> = config
+            .client_config(&[], &[("group.id", group), ("enable.auto.commit", "false")])
+            .create()
+            .map_err(|e| bus_error(&e))?;
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = Vec::new();
+        for &topic in topics {
+            for partition in 0..topics::partitions(topic) {
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, partition as i32, config.request_timeout)
+                    .map_err(|e| bus_error(&e))?;
+                let end = high.max(0) as u64;
+                tpl.add_partition_offset(topic, partition as i32, Offset::Offset(end as i64))
+                    .map_err(|e| bus_error(&e))?;
+                ends.push((TopicPartition { topic, partition }, end));
+            }
+        }
+        consumer.commit(&tpl, CommitMode::Sync).map_err(|e| bus_error(&e))?;
+        Ok(ends)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_properties_parse_like_a_kafka_properties_file() {
+        let text = "# security\nbootstrap.servers=b1:9093,b2:9093\nsecurity.protocol = SASL_SSL\n! also a comment\nsasl.mechanism: SCRAM-SHA-512\nsasl.jaas.config=x=y\n\n";
+        let c = KafkaConfig::from_properties(text).unwrap();
+        assert_eq!(c.bootstrap, "b1:9093,b2:9093");
+        assert_eq!(c.properties.get("security.protocol").map(String::as_str), Some("SASL_SSL"));
+        assert_eq!(c.properties.get("sasl.mechanism").map(String::as_str), Some("SCRAM-SHA-512"));
+        assert_eq!(
+            c.properties.get("sasl.jaas.config").map(String::as_str),
+            Some("x=y"),
+            "split at the first separator"
+        );
+        assert!(!c.properties.contains_key("bootstrap.servers"));
+        assert!(
+            KafkaConfig::from_properties("security.protocol=SSL").is_err(),
+            "bootstrap.servers is required"
+        );
+        assert!(KafkaConfig::from_properties("bootstrap.servers=b\nnonsense").is_err());
+    }
+
+    #[test]
+    fn user_properties_override_defaults_but_not_the_guarantees() {
+        let c = KafkaConfig::new("b:9092")
+            .set("linger.ms", "50")
+            .set("enable.idempotence", "false")
+            .set("ssl.ca.location", "/ca.pem");
+        let cc = c.client_config(&[("linger.ms", "5")], &[("enable.idempotence", "true")]);
+        assert_eq!(cc.get("bootstrap.servers"), Some("b:9092"));
+        assert_eq!(cc.get("linger.ms"), Some("50"));
+        assert_eq!(cc.get("enable.idempotence"), Some("true"));
+        assert_eq!(cc.get("ssl.ca.location"), Some("/ca.pem"));
+    }
+
+    #[test]
+    fn ssl_and_sasl_are_built_in() {
+        // librdkafka checks security settings when a client is made: this fails without SSL.
+        let c = KafkaConfig::new("127.0.0.1:1")
+            .set("security.protocol", "SASL_SSL")
+            .set("sasl.mechanism", "SCRAM-SHA-256")
+            .set("sasl.username", "u")
+            .set("sasl.password", "p");
+        assert!(KafkaProducer::new(&c).is_ok());
+    }
+
+    #[test]
+    fn client_errors_map_onto_bus_errors() {
+        use RDKafkaErrorCode as C;
+        assert!(matches!(
+            bus_error(&KafkaError::ConsumerCommit(C::RebalanceInProgress)),
+            BusError::NotAssigned(_)
+        ));
+        assert!(matches!(
+            bus_error(&KafkaError::ConsumerCommit(C::IllegalGeneration)),
+            BusError::NotAssigned(_)
+        ));
+        assert!(matches!(
+            bus_error(&KafkaError::ConsumerCommit(C::UnknownMemberId)),
+            BusError::NotAssigned(_)
+        ));
+        assert!(matches!(
+            bus_error(&KafkaError::ConsumerCommit(C::BrokerTransportFailure)),
+            BusError::Unavailable(_)
+        ));
+        assert!(matches!(
+            bus_error(&KafkaError::ConsumerCommit(C::RequestTimedOut)),
+            BusError::Unavailable(_)
+        ));
+        assert!(matches!(
+            bus_error(&KafkaError::MessageProduction(C::UnknownPartition)),
+            BusError::UnknownTopic(_)
+        ));
+        assert!(matches!(
+            bus_error(&KafkaError::Global(C::GroupAuthorizationFailed)),
+            BusError::Fatal(_)
+        ));
+    }
+}
