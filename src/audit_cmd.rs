@@ -19,16 +19,7 @@ pub enum AuditCommand {
 pub fn run(cmd: AuditCommand) -> Result<(), String> {
     match cmd {
         AuditCommand::Verify { path, json } => {
-            let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let mut lines = Vec::new();
-            for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-                let text = line.map_err(|e| format!("{}: line {}: {e}", path.display(), i + 1))?;
-                if text.trim().is_empty() {
-                    continue;
-                }
-                let parsed: Line = serde_json::from_str(&text).map_err(|e| format!("{}: line {}: not an audit record: {e}", path.display(), i + 1))?;
-                lines.push((i + 1, parsed));
-            }
+            let lines = read_log(&path)?;
             let report = verify(lines).map_err(|t| format!("{}: {t}", path.display()))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
@@ -41,6 +32,21 @@ pub fn run(cmd: AuditCommand) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// Reads an audit log's lines, numbered from 1.
+pub fn read_log(path: &Path) -> Result<Vec<(usize, Line)>, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut lines = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let text = line.map_err(|e| format!("{}: line {}: {e}", path.display(), i + 1))?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let parsed: Line = serde_json::from_str(&text).map_err(|e| format!("{}: line {}: not an audit record: {e}", path.display(), i + 1))?;
+        lines.push((i + 1, parsed));
+    }
+    Ok(lines)
 }
 
 /// Writes every record of the given partitions, chained, then the seal.

@@ -5,6 +5,7 @@
 //! one line on stderr and a non-zero exit, never a panic trace.
 
 mod audit_cmd;
+mod query_cmd;
 mod sim_cmd;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +29,8 @@ enum Command {
     /// Audit logs: verify the hash chains.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
+    /// A read model as of now or of a past point (time travel), from an audit log.
+    Query(query_cmd::QueryArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Sim(args) => sim_cmd::run(args),
         Command::Audit(cmd) => audit_cmd::run(cmd),
+        Command::Query(args) => query_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -130,3 +130,47 @@ fn sim_out_writes_an_audit_log_that_verifies_and_a_tampered_one_that_does_not() 
     assert_one_line_error(&horizon(&["audit", "verify", tampered.to_str().unwrap()]), &["removed"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn query_travels_in_time_over_the_audit_log() {
+    let dir = std::env::temp_dir().join(format!("horizon-query-{}", std::process::id()));
+    assert!(horizon(&["sim", "flash-crash", "--out", dir.to_str().unwrap()]).status.success());
+    let log = dir.join("audit.log");
+    let log = log.to_str().unwrap();
+    let q = |args: &[&str]| json(&horizon(&[&["query"], args, &["--log", log, "--scenario", "flash-crash"]].concat()));
+
+    // Now: the same portfolio as the live run wrote.
+    let live: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("projections.json")).unwrap()).unwrap();
+    let now = q(&["portfolio", "--series"]);
+    assert_eq!(now["alpha"], live["portfolios"]["alpha"]);
+
+    // Before anything happened: no rebalance, all cash.
+    let start = q(&["portfolio", "--at", "2024-03-01T00:00:00Z"]);
+    assert_eq!(start["alpha"]["rebalances"], 0, "{start}");
+
+    // Part-way: fewer rebalances than at the end, and bars end at the cut.
+    let mid = q(&["portfolio", "--at", "2024-03-01T04:30:00Z"]);
+    assert!(mid["alpha"]["rebalances"].as_u64().unwrap() < now["alpha"]["rebalances"].as_u64().unwrap());
+    let bars = q(&["bars", "--symbol", "BTCUSDT", "--last", "1", "--at", "2024-03-01T04:30:00Z"]);
+    assert_eq!(bars[0]["start"], "2024-03-01T04:29:00.000Z");
+
+    // An event id: its causation chain reaches the root trade.
+    let risk = q(&["risk"]);
+    let first = &risk["alpha"]["history"][0];
+    assert_eq!(first["crossing"], "entered");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn query_names_a_bad_point_in_time() {
+    let dir = std::env::temp_dir().join(format!("horizon-query-bad-{}", std::process::id()));
+    assert!(horizon(&["sim", "chop", "--out", dir.to_str().unwrap()]).status.success());
+    let log = dir.join("audit.log");
+    assert_one_line_error(&horizon(&["query", "risk", "--log", log.to_str().unwrap(), "--at", "yesterday"]), &["--at", "yesterday"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

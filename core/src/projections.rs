@@ -328,14 +328,15 @@ impl ProjectionService {
 
     pub fn views(&self, p: &Projections) -> Views {
         Views {
-            portfolios: p
-                .portfolios
-                .iter()
-                .map(|(pid, log)| {
-                    (
-                        pid.clone(),
-                        portfolio_view(pid, self.initial_cash.get(pid).copied().unwrap_or(Fixed::ZERO), log),
-                    )
+            // Every configured portfolio has a view from the start, even before its first event.
+            portfolios: self
+                .initial_cash
+                .keys()
+                .chain(p.portfolios.keys())
+                .map(|pid| {
+                    let empty = PortfolioLog::default();
+                    let log = p.portfolios.get(pid).unwrap_or(&empty);
+                    (pid.clone(), portfolio_view(pid, self.initial_cash.get(pid).copied().unwrap_or(Fixed::ZERO), log))
                 })
                 .collect(),
             risk: p.risk.iter().map(|(pid, rows)| (pid.clone(), risk_dashboard(rows))).collect(),
