@@ -60,6 +60,11 @@ struct Task<St> {
 pub struct Processor<S: Service> {
     service: S,
     tasks: BTreeMap<u32, Task<S::State>>,
+    /// Assigned partitions whose replay has not finished (a fetch failed part-way); nothing is
+    /// polled until they are restored.
+    restoring: Vec<TopicPartition>,
+    /// How far an interrupted replay got, so the retry resumes instead of applying twice.
+    replayed: BTreeMap<TopicPartition, u64>,
     pending: Vec<PendingRecord>,
     to_commit: BTreeMap<TopicPartition, u64>,
     outputs: Vec<Output>,
@@ -71,6 +76,8 @@ impl<S: Service> Processor<S> {
         Processor {
             service,
             tasks: BTreeMap::new(),
+            restoring: Vec::new(),
+            replayed: BTreeMap::new(),
             pending: Vec::new(),
             to_commit: BTreeMap::new(),
             outputs: Vec::new(),
@@ -104,6 +111,12 @@ impl<S: Service> Processor<S> {
                 return retry_or_fail(e);
             }
         }
+        if !self.restoring.is_empty() {
+            return match self.restore(consumer) {
+                Ok(()) => Ok(StepOutcome::Progress(0)),
+                Err(e) => retry_or_fail(e),
+            };
+        }
         match consumer.poll(max_records) {
             Ok(Polled::Idle) => Ok(StepOutcome::Idle),
             Ok(Polled::Records(records)) if records.is_empty() => Ok(StepOutcome::Idle),
@@ -118,7 +131,9 @@ impl<S: Service> Processor<S> {
                 Ok(StepOutcome::Progress(n))
             }
             Ok(Polled::Assigned(tps)) => {
-                if let Err(e) = self.restore(consumer, &tps) {
+                self.restoring.extend(tps);
+                if let Err(e) = self.restore(consumer) {
+                    // The partitions stay in `restoring`: the next step resumes their replay.
                     return retry_or_fail(e);
                 }
                 Ok(StepOutcome::Progress(0))
@@ -134,6 +149,8 @@ impl<S: Service> Processor<S> {
     /// Drops all in-memory state, as a crash would.
     pub fn crash(&mut self) {
         self.tasks.clear();
+        self.restoring.clear();
+        self.replayed.clear();
         self.pending.clear();
         self.to_commit.clear();
         self.outputs.clear();
@@ -234,16 +251,19 @@ impl<S: Service> Processor<S> {
         Ok(())
     }
 
-    fn restore<C: Consumer + ?Sized>(&mut self, consumer: &mut C, tps: &[TopicPartition]) -> Result<(), BusError> {
-        for &tp in tps {
+    /// Replays each partition in `restoring` up to its committed offset into its task, with
+    /// outputs discarded. A failed request leaves the partition (and those after it) in
+    /// `restoring` and records how far its replay got, so the retry resumes at that offset:
+    /// each record is applied to the state exactly once whatever fails.
+    fn restore<C: Consumer + ?Sized>(&mut self, consumer: &mut C) -> Result<(), BusError> {
+        while let Some(&tp) = self.restoring.first() {
             let committed = consumer.committed(tp)?;
             let task_id = self.service.task(tp);
             let task = self.tasks.entry(task_id).or_insert_with(|| Task {
                 state: S::State::default(),
                 next: BTreeMap::new(),
             });
-            task.next.insert(tp, committed);
-            let mut from = 0;
+            let mut from = self.replayed.get(&tp).copied().unwrap_or(0);
             while from < committed {
                 let to = (from + RESTORE_CHUNK).min(committed);
                 let records = consumer.fetch(tp, from, to)?;
@@ -259,14 +279,20 @@ impl<S: Service> Processor<S> {
                     }
                 }
                 from = records.last().map(|r| r.offset + 1).unwrap_or(to);
+                self.replayed.insert(tp, from);
             }
+            task.next.insert(tp, committed);
+            self.replayed.remove(&tp);
+            self.restoring.remove(0);
         }
         self.outputs.clear();
         Ok(())
     }
 
     fn revoke(&mut self, tps: &[TopicPartition]) {
+        self.restoring.retain(|tp| !tps.contains(tp));
         for tp in tps {
+            self.replayed.remove(tp);
             self.to_commit.remove(tp);
             let task_id = self.service.task(*tp);
             if let Some(task) = self.tasks.get_mut(&task_id) {
@@ -290,4 +316,108 @@ fn retry_or_fail(e: BusError) -> Result<StepOutcome, BusError> {
 /// Decodes a dead letter (for tools and tests).
 pub fn decode_dead_letter(bytes: &[u8]) -> Option<pb::DeadLetter> {
     pb::DeadLetter::decode(bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Side, Trade};
+    use crate::fixed::Fixed;
+    use crate::memory::{MemoryBus, MemoryConsumer};
+    use crate::time::Timestamp;
+
+    /// Counts the events each task applied.
+    struct Count;
+
+    impl Service for Count {
+        type State = u64;
+        fn name(&self) -> &'static str {
+            "count"
+        }
+        fn inputs(&self) -> &'static [Topic] {
+            &[topics::MARKET_FEED]
+        }
+        fn handle(&self, state: &mut u64, _event: &Event, _out: &mut Vec<crate::service::Output>) -> Result<(), crate::service::Rejection> {
+            *state += 1;
+            Ok(())
+        }
+    }
+
+    /// A consumer whose first `fetch` times out.
+    struct FlakyFetch {
+        inner: MemoryConsumer,
+        failures_left: u32,
+    }
+
+    impl Consumer for FlakyFetch {
+        fn poll(&mut self, max_records: usize) -> Result<Polled, BusError> {
+            self.inner.poll(max_records)
+        }
+        fn commit(&mut self, offsets: &[(TopicPartition, u64)]) -> Result<(), BusError> {
+            self.inner.commit(offsets)
+        }
+        fn committed(&mut self, tp: TopicPartition) -> Result<u64, BusError> {
+            self.inner.committed(tp)
+        }
+        fn fetch(&mut self, tp: TopicPartition, from: u64, to: u64) -> Result<Vec<Record>, BusError> {
+            if self.failures_left > 0 {
+                self.failures_left -= 1;
+                return Err(BusError::Unavailable("fetch timed out".into()));
+            }
+            self.inner.fetch(tp, from, to)
+        }
+    }
+
+    fn trade(i: u32) -> Vec<u8> {
+        crate::feed::trade_event(Trade {
+            symbol: "BTCUSDT".into(),
+            exchange: "SIM".into(),
+            trade_id: i.to_string(),
+            price: Fixed::from_int(100),
+            quantity: Fixed::ONE,
+            aggressor_side: Side::Buy,
+            ts_exchange: Timestamp::from_millis(i as i64),
+        })
+        .encode()
+    }
+
+    fn total(p: &Processor<Count>) -> u64 {
+        p.states().map(|(_, n)| *n).sum()
+    }
+
+    #[test]
+    fn a_restore_interrupted_by_a_failed_fetch_resumes_and_applies_each_record_once() {
+        // Given 5 committed records on each of two partitions, consumed by member a
+        let bus = MemoryBus::new();
+        let mut producer = bus.producer();
+        for i in 0..10 {
+            producer.send(topics::MARKET_FEED, i % 2, b"k", &trade(i)).unwrap();
+        }
+        let mut a = Processor::new(Count);
+        let mut ca = bus.consumer("g", "a", &[topics::MARKET_FEED]);
+        while a.step(&mut ca, &mut producer, 100).unwrap() != StepOutcome::Idle {}
+        assert_eq!(total(&a), 10);
+        // When a leaves and b takes every partition, and b's first log read fails
+        let mut b = Processor::new(Count);
+        let mut cb = FlakyFetch {
+            inner: bus.consumer("g", "b", &[topics::MARKET_FEED]),
+            failures_left: 1,
+        };
+        bus.broker_mut().leave("g", "a");
+        let mut outcomes = Vec::new();
+        loop {
+            let o = b.step(&mut cb, &mut producer, 100).unwrap();
+            if o == StepOutcome::Idle {
+                break;
+            }
+            outcomes.push(o);
+        }
+        // Then the failure was reported for a retry, and b's state holds each record once
+        assert!(outcomes.iter().any(|o| matches!(o, StepOutcome::Retry(_))), "{outcomes:?}");
+        assert_eq!(total(&b), 10);
+        // And b goes on from the committed offsets
+        producer.send(topics::MARKET_FEED, 1, b"k", &trade(10)).unwrap();
+        while b.step(&mut cb, &mut producer, 100).unwrap() != StepOutcome::Idle {}
+        assert_eq!(total(&b), 11);
+    }
 }

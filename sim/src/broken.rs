@@ -1,0 +1,338 @@
+//! Deliberately broken services: the simulator's teeth. Each makes one classic mistake of
+//! stream processing; the simulator must catch each within a bounded number of seeds and shrink
+//! the failure to a short schedule. Only built with the `broken-services` feature (the tests
+//! always have it; `horizon explore --broken NAME` needs a binary built with it).
+//!
+//! - `no-dedup`: a signals service that evaluates every bar it receives, so a bar the market
+//!   published twice (a publish that failed half-way and was sent again) moves the averages
+//!   twice.
+//! - `commit-first`: a market stage that commits its input offsets before its outputs are
+//!   published, so a crash in between loses them.
+//! - `arrival-order`: a portfolio manager that rebalances on each signal as it arrives, instead
+//!   of merging the symbols in event time, so its decisions depend on delivery interleaving.
+//! - `no-restore`: a market stage that keeps its open bars in memory only and does not rebuild
+//!   them by replay, so a restart or a rebalance loses them.
+
+use crate::services::Stages;
+use horizon_core::bus::{BusError, Consumer, Polled, Producer, Record, Topic, TopicPartition};
+use horizon_core::event::{Event, Payload, RebalanceReason, Signal};
+use horizon_core::fixed::Fixed;
+use horizon_core::pipeline::{Pipeline, Stage};
+use horizon_core::portfolio::{Portfolio, PortfolioConfig};
+use horizon_core::processor::{Processor, Stats, StepOutcome};
+use horizon_core::scenario::Scenario;
+use horizon_core::service::{Output, Rejection, Service};
+use horizon_core::signals::{Breakout, EmaCrossover, SignalConfig, SignalService};
+use horizon_core::topics;
+use std::collections::BTreeMap;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Broken {
+    NoDedup,
+    CommitFirst,
+    ArrivalOrder,
+    NoRestore,
+}
+
+impl Broken {
+    pub const ALL: [Broken; 4] = [Broken::NoDedup, Broken::CommitFirst, Broken::ArrivalOrder, Broken::NoRestore];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Broken::NoDedup => "no-dedup",
+            Broken::CommitFirst => "commit-first",
+            Broken::ArrivalOrder => "arrival-order",
+            Broken::NoRestore => "no-restore",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Broken::NoDedup => "signals evaluate a re-published bar again (no dedup by bar sequence)",
+            Broken::CommitFirst => "market commits input offsets before its outputs are published",
+            Broken::ArrivalOrder => "portfolio rebalances per signal in arrival order (no event-time merge)",
+            Broken::NoRestore => "market keeps open bars in memory only; restore rebuilds nothing",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Broken> {
+        Broken::ALL.into_iter().find(|b| b.name() == name)
+    }
+
+    /// The production stages with this one mistake in them.
+    pub fn build(self, s: &Scenario) -> Stages {
+        let p = Pipeline::new(s);
+        let market: Box<dyn Stage> = match self {
+            Broken::CommitFirst => Box::new(CommitFirst {
+                inner: Box::new(p.market),
+                held: Vec::new(),
+            }),
+            Broken::NoRestore => Box::new(NoRestore { inner: Box::new(p.market) }),
+            _ => Box::new(p.market),
+        };
+        let signals: Box<dyn Stage> = match self {
+            Broken::NoDedup => Box::new(Processor::new(NoDedupSignals {
+                inner: SignalService::new(SignalConfig::from_scenario(s)),
+            })),
+            _ => Box::new(p.signals),
+        };
+        let manager: Box<dyn Stage> = match self {
+            Broken::ArrivalOrder => Box::new(Processor::new(ArrivalOrderManager {
+                config: PortfolioConfig::from_scenario(s),
+            })),
+            _ => Box::new(p.manager),
+        };
+        Stages {
+            work: [market, signals, manager],
+            projections: Box::new(p.projections),
+        }
+    }
+}
+
+// ---- no-dedup ----
+
+#[derive(Default)]
+pub struct NoDedupState {
+    symbols: BTreeMap<String, (Option<EmaCrossover>, Option<Breakout>, horizon_core::event::Direction)>,
+}
+
+/// The signals service, minus its check of bar sequence numbers.
+pub struct NoDedupSignals {
+    inner: SignalService,
+}
+
+impl Service for NoDedupSignals {
+    type State = NoDedupState;
+
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn inputs(&self) -> &'static [Topic] {
+        self.inner.inputs()
+    }
+
+    fn handle(&self, state: &mut NoDedupState, event: &Event, out: &mut Vec<Output>) -> Result<(), Rejection> {
+        let Payload::Bar(bar) = &event.payload else {
+            return Err(Rejection(format!("{} does not belong on {}", event.event_type(), topics::BARS)));
+        };
+        let cfg = &self.inner.config;
+        if bar.interval_ms != cfg.interval_ms {
+            return Ok(());
+        }
+        let (ema, breakout, direction) = state.symbols.entry(bar.symbol.clone()).or_insert_with(|| {
+            (
+                cfg.ema.clone().map(EmaCrossover::new),
+                cfg.breakout.clone().map(Breakout::new),
+                horizon_core::event::Direction::Flat,
+            )
+        });
+        let mut views = Vec::new();
+        if let (Some(s), Some(c)) = (ema.as_mut(), cfg.ema.as_ref()) {
+            views.push((c.weight, s.on_bar(bar)));
+        }
+        if let (Some(s), Some(c)) = (breakout.as_mut(), cfg.breakout.as_ref()) {
+            views.push((c.weight, s.on_bar(bar)));
+        }
+        let (dir, strength, target_weight) = self.inner.combine(&views);
+        let changed = dir != *direction;
+        *direction = dir;
+        let signal = Signal {
+            portfolio_id: cfg.portfolio_id.clone(),
+            symbol: bar.symbol.clone(),
+            direction: dir,
+            strength,
+            target_weight,
+            bar: bar.clone(),
+            strategies: views.into_iter().map(|(_, v)| v).collect(),
+            changed,
+        };
+        let key = cfg.portfolio_id.clone();
+        let ev = Event::derived(event, self.inner.name(), 0, key.clone(), bar.end(), Payload::Signal(signal));
+        out.push(Output {
+            topic: topics::SIGNALS,
+            key,
+            event: ev,
+        });
+        Ok(())
+    }
+}
+
+// ---- commit-first ----
+
+/// A producer that acknowledges at once and publishes nothing: what the loop inside
+/// `CommitFirst` is given, so it commits before anything is on the broker.
+struct Holding<'a> {
+    held: &'a mut Vec<(Topic, u32, Vec<u8>, Vec<u8>)>,
+}
+
+impl Producer for Holding<'_> {
+    fn send(&mut self, topic: Topic, partition: u32, key: &[u8], value: &[u8]) -> Result<(), BusError> {
+        self.held.push((topic, partition, key.to_vec(), value.to_vec()));
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), BusError> {
+        Ok(())
+    }
+}
+
+/// Runs a stage, lets it commit, and only then publishes what it produced.
+pub struct CommitFirst {
+    inner: Box<dyn Stage>,
+    held: Vec<(Topic, u32, Vec<u8>, Vec<u8>)>,
+}
+
+impl CommitFirst {
+    fn publish(&mut self, producer: &mut dyn Producer) -> Result<(), BusError> {
+        for (t, p, k, v) in &self.held {
+            producer.send(t, *p, k, v)?;
+        }
+        producer.flush()?;
+        self.held.clear();
+        Ok(())
+    }
+}
+
+impl Stage for CommitFirst {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn inputs(&self) -> &'static [Topic] {
+        self.inner.inputs()
+    }
+    fn step(&mut self, consumer: &mut dyn Consumer, producer: &mut dyn Producer, max_records: usize) -> Result<StepOutcome, BusError> {
+        if !self.held.is_empty() {
+            if let Err(e) = self.publish(producer) {
+                return if e.is_retriable() { Ok(StepOutcome::Retry(e)) } else { Err(e) };
+            }
+        }
+        let outcome = self.inner.step(consumer, &mut Holding { held: &mut self.held }, max_records)?;
+        if !self.held.is_empty() {
+            if let Err(e) = self.publish(producer) {
+                return if e.is_retriable() { Ok(StepOutcome::Retry(e)) } else { Err(e) };
+            }
+        }
+        Ok(outcome)
+    }
+    fn crash(&mut self) {
+        self.held.clear();
+        self.inner.crash();
+    }
+    fn stats(&self) -> &Stats {
+        self.inner.stats()
+    }
+}
+
+// ---- arrival-order ----
+
+/// One portfolio as the arrival-order manager sees it.
+struct ArrivalDesk {
+    portfolio: Portfolio,
+    targets: BTreeMap<String, Fixed>,
+    /// Next bar sequence number expected per symbol.
+    next_seq: BTreeMap<String, u64>,
+}
+
+#[derive(Default)]
+pub struct ArrivalState {
+    desks: BTreeMap<String, ArrivalDesk>,
+}
+
+/// Rebalances on each signal as it arrives: the marks and targets of the other symbols are
+/// whatever arrived before, so the result depends on the interleaving.
+pub struct ArrivalOrderManager {
+    config: PortfolioConfig,
+}
+
+impl Service for ArrivalOrderManager {
+    type State = ArrivalState;
+
+    fn name(&self) -> &'static str {
+        horizon_core::manager::NAME
+    }
+
+    fn inputs(&self) -> &'static [Topic] {
+        &[topics::SIGNALS]
+    }
+
+    fn handle(&self, state: &mut ArrivalState, event: &Event, out: &mut Vec<Output>) -> Result<(), Rejection> {
+        let Payload::Signal(s) = &event.payload else {
+            return Err(Rejection(format!("{} does not belong on {}", event.event_type(), topics::SIGNALS)));
+        };
+        let c = &self.config;
+        let desk = state.desks.entry(s.portfolio_id.clone()).or_insert_with(|| ArrivalDesk {
+            portfolio: Portfolio::new(&c.id, c.cash),
+            targets: BTreeMap::new(),
+            next_seq: BTreeMap::new(),
+        });
+        let ArrivalDesk {
+            portfolio,
+            targets,
+            next_seq: seen,
+        } = desk;
+        // It does drop what it has seen (by bar sequence): the mistake is the order, not dedup.
+        if seen.get(&s.symbol).is_some_and(|&n| s.bar.seq < n) {
+            return Ok(());
+        }
+        seen.insert(s.symbol.clone(), s.bar.seq + 1);
+        portfolio.mark(&s.symbol, s.bar.close);
+        targets.insert(s.symbol.clone(), s.target_weight);
+        let fills = portfolio.plan(targets, c, false);
+        if fills.is_empty() {
+            return Ok(());
+        }
+        fills.iter().for_each(|f| portfolio.apply(f));
+        let payload = Payload::Rebalance(portfolio.rebalanced(RebalanceReason::Signal, fills));
+        let ev = Event::derived(event, self.name(), 0, s.portfolio_id.clone(), event.ts, payload);
+        out.push(Output {
+            topic: topics::PORTFOLIO,
+            key: s.portfolio_id.clone(),
+            event: ev,
+        });
+        Ok(())
+    }
+}
+
+// ---- no-restore ----
+
+/// A consumer whose log reads come back empty: the stage's restore rebuilds nothing.
+struct Forgetful<'a> {
+    inner: &'a mut dyn Consumer,
+}
+
+impl Consumer for Forgetful<'_> {
+    fn poll(&mut self, max_records: usize) -> Result<Polled, BusError> {
+        self.inner.poll(max_records)
+    }
+    fn commit(&mut self, offsets: &[(TopicPartition, u64)]) -> Result<(), BusError> {
+        self.inner.commit(offsets)
+    }
+    fn committed(&mut self, tp: TopicPartition) -> Result<u64, BusError> {
+        self.inner.committed(tp)
+    }
+    fn fetch(&mut self, _tp: TopicPartition, _from: u64, _to: u64) -> Result<Vec<Record>, BusError> {
+        Ok(Vec::new())
+    }
+}
+
+pub struct NoRestore {
+    inner: Box<dyn Stage>,
+}
+
+impl Stage for NoRestore {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn inputs(&self) -> &'static [Topic] {
+        self.inner.inputs()
+    }
+    fn step(&mut self, consumer: &mut dyn Consumer, producer: &mut dyn Producer, max_records: usize) -> Result<StepOutcome, BusError> {
+        self.inner.step(&mut Forgetful { inner: consumer }, producer, max_records)
+    }
+    fn crash(&mut self) {
+        self.inner.crash();
+    }
+    fn stats(&self) -> &Stats {
+        self.inner.stats()
+    }
+}

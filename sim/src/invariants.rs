@@ -1,0 +1,434 @@
+//! The invariants every run is checked against, named so a Kafka engineer recognises them.
+//!
+//! - `lost-write`: something published was never applied where it should have been: a record
+//!   on a topic the projections consume is missing from a replica's audit trail, a valid feed
+//!   trade never reached its bar, a bar never produced its signal.
+//! - `double-apply`: an effect applied twice: one event id published with two different
+//!   contents, one logical effect (a bar, a signal, a rebalance, a risk crossing, a
+//!   notification) published under two ids, a bar counting a trade twice, a projection counting
+//!   an event twice.
+//! - `non-convergent`: a replica's final projection digests differ from the fault-free
+//!   reference run of the same scenario, seed and feed.
+//! - `non-deterministic`: the same seed and schedule ran twice gave two trace digests.
+//! - `rebuild-mismatch`: projections rebuilt by replaying the final log from offset 0 differ
+//!   from the live replica.
+//! - `stuck`: after the faults ended, the deployment did not consume everything within the
+//!   heal budget.
+//! - `loop-error`: a processing loop returned a non-retriable error; `panic`: code panicked.
+
+use crate::driver::Finished;
+use crate::services::{drain, NoProducer, Replica, Services};
+use horizon_core::bus::{BusError, Consumer, Polled, Record, TopicPartition};
+use horizon_core::event::{Event, Payload};
+use horizon_core::memory::Broker;
+use horizon_core::processor::decode_dead_letter;
+use horizon_core::projections::Digests;
+use horizon_core::scenario::Scenario;
+use horizon_core::time::Timestamp;
+use horizon_core::topics;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Invariant {
+    LostWrite,
+    DoubleApply,
+    NonConvergent,
+    NonDeterministic,
+    RebuildMismatch,
+    Stuck,
+    LoopError,
+    Panic,
+}
+
+impl Invariant {
+    pub const ALL: [Invariant; 8] = [
+        Invariant::LostWrite,
+        Invariant::DoubleApply,
+        Invariant::NonConvergent,
+        Invariant::NonDeterministic,
+        Invariant::RebuildMismatch,
+        Invariant::Stuck,
+        Invariant::LoopError,
+        Invariant::Panic,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Invariant::LostWrite => "lost-write",
+            Invariant::DoubleApply => "double-apply",
+            Invariant::NonConvergent => "non-convergent",
+            Invariant::NonDeterministic => "non-deterministic",
+            Invariant::RebuildMismatch => "rebuild-mismatch",
+            Invariant::Stuck => "stuck",
+            Invariant::LoopError => "loop-error",
+            Invariant::Panic => "panic",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Invariant> {
+        Invariant::ALL.into_iter().find(|i| i.name() == name)
+    }
+}
+
+impl fmt::Display for Invariant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One broken invariant, with what shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    pub invariant: Invariant,
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.invariant, self.detail)
+    }
+}
+
+/// Collects violations, keeping a count and the first few examples of each.
+#[derive(Default)]
+struct Findings {
+    by: BTreeMap<Invariant, (usize, Vec<String>)>,
+}
+
+const EXAMPLES: usize = 3;
+
+impl Findings {
+    fn add(&mut self, inv: Invariant, detail: impl FnOnce() -> String) {
+        let e = self.by.entry(inv).or_default();
+        e.0 += 1;
+        if e.1.len() < EXAMPLES {
+            e.1.push(detail());
+        }
+    }
+
+    fn into_violations(self) -> Vec<Violation> {
+        self.by
+            .into_iter()
+            .map(|(invariant, (n, examples))| Violation {
+                invariant,
+                detail: if n > examples.len() {
+                    format!("{} (and {} more)", examples.join("; "), n - examples.len())
+                } else {
+                    examples.join("; ")
+                },
+            })
+            .collect()
+    }
+}
+
+/// Every record of the final log, decoded where it decodes.
+struct Log {
+    /// (topic, partition, offset, event, raw value)
+    events: Vec<(TopicPartition, u64, Event, bytes::Bytes)>,
+    /// (source topic, event id) of every dead letter.
+    dead_letters: Vec<(String, String)>,
+}
+
+fn read_log(broker: &Broker) -> Log {
+    let mut events = Vec::new();
+    let mut dead_letters = Vec::new();
+    for tp in broker.all_partitions() {
+        for r in broker.read(tp, 0, broker.end_offset(tp)) {
+            if tp.topic == topics::DEADLETTER {
+                if let Some(d) = decode_dead_letter(&r.value) {
+                    dead_letters.push((d.source_topic, d.event_id));
+                }
+            } else if let Ok(e) = Event::decode(&r.value) {
+                events.push((tp, r.offset, e, r.value));
+            }
+        }
+    }
+    Log { events, dead_letters }
+}
+
+/// Checks a finished run. `reference` is the fault-free run's digests on the same feed.
+/// Returns the violations and each replica's digests.
+pub fn check(f: &mut Finished, scenario: &Scenario, services: Services, reference: &Digests) -> (Vec<Violation>, Vec<(usize, Digests)>) {
+    let mut out = Findings::default();
+    if let Some(s) = &f.stuck {
+        out.add(Invariant::Stuck, || s.clone());
+    }
+    if let Some(e) = &f.loop_error {
+        out.add(Invariant::LoopError, || e.clone());
+    }
+    let log = read_log(&f.broker);
+    check_log(&log, scenario, &mut out);
+    let replica_inputs: BTreeSet<&str> = [
+        topics::MARKET_FEED,
+        topics::BARS,
+        topics::SIGNALS,
+        topics::RISK,
+        topics::PORTFOLIO,
+        topics::NOTIFICATIONS,
+    ]
+    .into_iter()
+    .collect();
+    let rebuilt = rebuild(&mut f.broker, scenario, services);
+    // Digests are a function of the projections: equal projections need no second digest.
+    let mut computed: Vec<(usize, Digests)> = Vec::new();
+    let digests_of = |r: &dyn Replica, computed: &[(usize, Digests)], replicas: &[(usize, Box<dyn Replica>)]| -> Digests {
+        for (q, d) in computed {
+            let other = replicas.iter().find(|(p, _)| p == q).map(|(_, r)| r.projections());
+            if let (Some(a), Some(b)) = (other.flatten(), r.projections()) {
+                if a == b {
+                    return d.clone();
+                }
+            }
+        }
+        r.digests()
+    };
+    for (p, replica) in &f.replicas {
+        let digests = digests_of(replica.as_ref(), &computed, &f.replicas);
+        computed.push((*p, digests.clone()));
+        check_replica(*p, replica.as_ref(), &log, &replica_inputs, &mut out);
+        let differing = differing_parts(&digests, reference);
+        if !differing.is_empty() {
+            out.add(Invariant::NonConvergent, || {
+                format!(
+                    "replica p{p}: {} digest differs from the fault-free reference ({} vs {})",
+                    differing.join(", "),
+                    digests.all,
+                    reference.all
+                )
+            });
+        }
+        match &rebuilt {
+            Ok(r) => {
+                let same = matches!((r.projections(), replica.projections()), (Some(a), Some(b)) if a == b);
+                let rebuilt_digests = if same { digests.clone() } else { r.digests() };
+                let r = &rebuilt_digests;
+                let differing = differing_parts(&digests, r);
+                if !differing.is_empty() {
+                    out.add(Invariant::RebuildMismatch, || {
+                        format!(
+                            "replica p{p}: {} differs from the projections rebuilt from offset 0 ({} vs {})",
+                            differing.join(", "),
+                            digests.all,
+                            r.all
+                        )
+                    });
+                }
+            }
+            Err(e) => out.add(Invariant::RebuildMismatch, || format!("the rebuild from offset 0 failed: {e}")),
+        }
+    }
+    (out.into_violations(), computed)
+}
+
+/// Parts of two digest sets that differ, by name.
+pub fn differing_parts(a: &Digests, b: &Digests) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    for (name, x, y) in [
+        ("bars", &a.bars, &b.bars),
+        ("portfolio", &a.portfolio, &b.portfolio),
+        ("risk", &a.risk, &b.risk),
+        ("notifications", &a.notifications, &b.notifications),
+        ("audit", &a.audit, &b.audit),
+    ] {
+        if x != y {
+            v.push(name);
+        }
+    }
+    if v.is_empty() && a.all != b.all {
+        v.push("all");
+    }
+    v
+}
+
+fn check_log(log: &Log, scenario: &Scenario, out: &mut Findings) {
+    // One id, one content.
+    let mut by_id: BTreeMap<&str, (&bytes::Bytes, TopicPartition, u64)> = BTreeMap::new();
+    for (tp, offset, e, raw) in &log.events {
+        match by_id.get(e.id.as_str()) {
+            Some((first, ftp, fo)) if *first != raw => out.add(Invariant::DoubleApply, || {
+                format!(
+                    "event {} ({}) published twice with different content: {ftp}@{fo} and {tp}@{offset}",
+                    e.id,
+                    e.event_type()
+                )
+            }),
+            Some(_) => {}
+            None => {
+                by_id.insert(&e.id, (raw, *tp, *offset));
+            }
+        }
+    }
+    // One logical effect, one id.
+    let mut effects: BTreeMap<String, &str> = BTreeMap::new();
+    for (tp, offset, e, _) in &log.events {
+        let key = match &e.payload {
+            Payload::Trade(_) => continue,
+            Payload::Bar(b) => format!("bar {} {}ms {}", b.symbol, b.interval_ms, b.start),
+            Payload::Signal(s) => format!("signal {} {} {}", s.portfolio_id, s.symbol, s.bar.start),
+            Payload::Rebalance(r) => format!("rebalance {} at {}", r.portfolio_id, e.ts),
+            Payload::Risk(r) => format!(
+                "risk {} {} {} {:?} at {}",
+                r.portfolio_id,
+                r.kind.as_str(),
+                r.symbol,
+                r.crossing,
+                e.ts
+            ),
+            Payload::Notification(n) => format!("notification to {} about {}: {}", n.user_id, n.source_event_id, n.message),
+        };
+        match effects.get(&key) {
+            Some(first) if *first != e.id => out.add(Invariant::DoubleApply, || {
+                format!("{key} published under two ids ({first}, {} at {tp}@{offset})", e.id)
+            }),
+            Some(_) => {}
+            None => {
+                effects.insert(key, &e.id);
+            }
+        }
+    }
+    check_bars(log, scenario, out);
+}
+
+/// Every valid trade the market accepted is counted in exactly one bar of the signal interval,
+/// and every such bar produced a signal.
+fn check_bars(log: &Log, scenario: &Scenario, out: &mut Findings) {
+    let interval = scenario.signal_interval_ms();
+    let symbols: BTreeSet<String> = scenario.symbols().into_iter().collect();
+    let rejected: BTreeSet<&str> = log
+        .dead_letters
+        .iter()
+        .filter(|(topic, id)| topic == topics::MARKET_FEED && !id.is_empty())
+        .map(|(_, id)| id.as_str())
+        .collect();
+    // Accepted trades per (symbol, bar start), each trade id once.
+    let mut seen: BTreeSet<&str> = BTreeSet::new();
+    let mut expected: BTreeMap<(&str, Timestamp), u64> = BTreeMap::new();
+    for (_, _, e, _) in &log.events {
+        let Payload::Trade(t) = &e.payload else { continue };
+        let valid = symbols.contains(&t.symbol) && t.price.is_positive() && t.quantity.is_positive();
+        if !valid || rejected.contains(e.id.as_str()) || !seen.insert(&e.id) {
+            continue;
+        }
+        *expected.entry((&t.symbol, t.ts_exchange.floor_ms(interval))).or_insert(0) += 1;
+    }
+    let mut counted: BTreeMap<(&str, Timestamp), u64> = BTreeMap::new();
+    let mut last_end: BTreeMap<&str, Timestamp> = BTreeMap::new();
+    let mut bar_ids: BTreeMap<&str, (&str, Timestamp)> = BTreeMap::new();
+    for (_, _, e, _) in &log.events {
+        let Payload::Bar(b) = &e.payload else { continue };
+        if b.interval_ms != interval || bar_ids.contains_key(e.id.as_str()) {
+            continue;
+        }
+        bar_ids.insert(&e.id, (&b.symbol, b.start));
+        *counted.entry((&b.symbol, b.start)).or_insert(0) += b.trade_count as u64;
+        let end = last_end.entry(&b.symbol).or_insert(b.end());
+        *end = (*end).max(b.end());
+    }
+    let keys: BTreeSet<(&str, Timestamp)> = expected.keys().chain(counted.keys()).copied().collect();
+    for key in keys {
+        let (symbol, start) = key;
+        let closed = last_end.get(symbol).is_some_and(|end| start < *end);
+        if !closed {
+            continue; // still the open bar: not published yet
+        }
+        let (want, got) = (expected.get(&key).copied().unwrap_or(0), counted.get(&key).copied().unwrap_or(0));
+        if got < want {
+            out.add(Invariant::LostWrite, || {
+                format!(
+                    "{} valid trades of {symbol} in the bar at {start} never reached it (bar counts {got})",
+                    want - got
+                )
+            });
+        } else if got > want {
+            out.add(Invariant::DoubleApply, || {
+                format!("the {symbol} bar at {start} counts {got} trades, the feed holds {want}")
+            });
+        }
+    }
+    let caused: BTreeSet<&str> = log
+        .events
+        .iter()
+        .filter(|(_, _, e, _)| matches!(e.payload, Payload::Signal(_)))
+        .map(|(_, _, e, _)| e.meta.causation_id.as_str())
+        .collect();
+    for (id, (symbol, start)) in &bar_ids {
+        if !caused.contains(id) {
+            out.add(Invariant::LostWrite, || {
+                format!("the {symbol} bar at {start} ({id}) never produced a signal")
+            });
+        }
+    }
+}
+
+fn check_replica(p: usize, replica: &dyn Replica, log: &Log, inputs: &BTreeSet<&str>, out: &mut Findings) {
+    let Some(proj) = replica.projections() else {
+        if log.events.iter().any(|(tp, ..)| inputs.contains(tp.topic)) {
+            out.add(Invariant::LostWrite, || format!("replica p{p} holds no projections at all"));
+        }
+        return;
+    };
+    for (tp, offset, e, _) in &log.events {
+        if inputs.contains(tp.topic) && !proj.audit.contains_key(&e.id) {
+            out.add(Invariant::LostWrite, || {
+                format!("{tp}@{offset} ({} {}) is not in replica p{p}'s audit trail", e.event_type(), e.id)
+            });
+        }
+    }
+    let counted: u64 = proj.events_by_type.values().sum();
+    if counted != proj.audit.len() as u64 {
+        out.add(Invariant::DoubleApply, || {
+            format!(
+                "replica p{p} counts {counted} events by type but its audit trail holds {}",
+                proj.audit.len()
+            )
+        });
+    }
+    let mut by_type: BTreeMap<_, u64> = BTreeMap::new();
+    for a in proj.audit.values() {
+        *by_type.entry(a.event_type).or_insert(0) += 1;
+    }
+    for (t, n) in &proj.events_by_type {
+        let audited = by_type.get(t).copied().unwrap_or(0);
+        if *n != audited {
+            out.add(Invariant::DoubleApply, || {
+                format!("replica p{p} counts {n} {t} events, its audit trail {audited}")
+            });
+        }
+    }
+}
+
+/// A consumer straight on a broker (no faults), for the rebuild.
+struct LogConsumer<'a> {
+    broker: &'a mut Broker,
+}
+
+const REBUILD_GROUP: &str = "sim.rebuild";
+
+impl Consumer for LogConsumer<'_> {
+    fn poll(&mut self, max_records: usize) -> Result<Polled, BusError> {
+        self.broker.poll(REBUILD_GROUP, "rebuild", max_records)
+    }
+    fn commit(&mut self, offsets: &[(TopicPartition, u64)]) -> Result<(), BusError> {
+        self.broker.commit(REBUILD_GROUP, "rebuild", offsets)
+    }
+    fn committed(&mut self, tp: TopicPartition) -> Result<u64, BusError> {
+        Ok(self.broker.committed(REBUILD_GROUP, tp))
+    }
+    fn fetch(&mut self, tp: TopicPartition, from: u64, to: u64) -> Result<Vec<Record>, BusError> {
+        Ok(self.broker.read(tp, from, to))
+    }
+}
+
+/// A fresh replica that has read the final log from offset 0.
+pub fn rebuild(broker: &mut Broker, scenario: &Scenario, services: Services) -> Result<Box<dyn Replica>, String> {
+    let mut replica = services.build(scenario).projections;
+    let inputs = replica.stage().inputs();
+    broker.join(REBUILD_GROUP, "rebuild", inputs);
+    let mut consumer = LogConsumer { broker };
+    drain(replica.stage(), &mut consumer, &mut NoProducer, 4096).map_err(|e| e.to_string())?;
+    consumer.broker.leave(REBUILD_GROUP, "rebuild");
+    Ok(replica)
+}

@@ -1,0 +1,99 @@
+//! The simulator's teeth: each deliberately broken service is caught within a bounded number of
+//! seeds of the kafka profile, by the invariant its mistake breaks, and its failure shrinks to
+//! a schedule of at most one fault; the production services pass the same seeds.
+
+mod common;
+
+use common::{failures, scenario};
+use horizon_sim::broken::Broken;
+use horizon_sim::{explore, shrink_seed, Case, ExploreOptions, FaultProfile, Invariant, Runner, Services};
+
+const SEEDS: u64 = 30;
+
+fn case(services: Services) -> Case {
+    let mut c = Case::new(scenario("quick"), FaultProfile::kafka());
+    c.services = services;
+    c
+}
+
+fn options() -> ExploreOptions {
+    ExploreOptions {
+        first: 0,
+        end: SEEDS,
+        jobs: 2,
+        determinism_every: 0,
+    }
+}
+
+/// What each mistake must be caught as.
+fn expected(b: Broken) -> Invariant {
+    match b {
+        // The re-published bar is evaluated again: same signal id, different averages.
+        Broken::NoDedup => Invariant::DoubleApply,
+        // Offsets committed, outputs lost in the crash: trades that never reach a bar.
+        Broken::CommitFirst => Invariant::LostWrite,
+        // The outcome depends on interleaving, which the faults (and two processes) change.
+        Broken::ArrivalOrder => Invariant::NonConvergent,
+        // Open bars forgotten in a rebalance: trades that never reach a bar.
+        Broken::NoRestore => Invariant::LostWrite,
+    }
+}
+
+#[test]
+fn the_production_services_pass_the_seeds_the_teeth_are_tested_on() {
+    let reports = explore(&case(Services::Production), &options(), |_| {});
+    assert_eq!(failures(&reports), "");
+}
+
+fn caught_and_shrunk(b: Broken) {
+    let c = case(Services::Broken(b));
+    let reports = explore(&c, &options(), |_| {});
+    let failing: Vec<u64> = reports
+        .iter()
+        .filter(|r| r.violations.iter().any(|v| v.invariant == expected(b)))
+        .map(|r| r.seed)
+        .collect();
+    assert!(
+        !failing.is_empty(),
+        "{} was not caught as {} in {SEEDS} seeds; failures: {}",
+        b.name(),
+        expected(b),
+        failures(&reports)
+    );
+    let mut runner = Runner::new(c);
+    let shrunk = shrink_seed(&mut runner, failing[0], Some(expected(b)), 400)
+        .unwrap()
+        .expect("a failing seed fails again");
+    assert_eq!(shrunk.invariant, expected(b));
+    assert!(
+        shrunk.minimal.len() <= 1 && shrunk.minimal.len() <= shrunk.original.len(),
+        "{}: seed {} shrank from {} to {} faults:\n{}",
+        b.name(),
+        failing[0],
+        shrunk.original.len(),
+        shrunk.minimal.len(),
+        shrunk.minimal.render()
+    );
+    assert!(shrunk.outcome.violates(expected(b)), "the minimal schedule still fails");
+    assert!(!shrunk.outcome.lines.is_empty(), "the minimal run is rendered for people");
+}
+
+#[test]
+fn no_dedup_is_caught_and_shrunk() {
+    caught_and_shrunk(Broken::NoDedup);
+}
+
+#[test]
+fn commit_first_is_caught_and_shrunk() {
+    caught_and_shrunk(Broken::CommitFirst);
+}
+
+#[test]
+fn arrival_order_is_caught_and_shrunk() {
+    caught_and_shrunk(Broken::ArrivalOrder);
+}
+
+#[test]
+fn no_restore_is_caught_and_shrunk() {
+    caught_and_shrunk(Broken::NoRestore);
+}
