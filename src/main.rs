@@ -6,6 +6,7 @@
 
 mod audit_cmd;
 mod query_cmd;
+mod scenario_cmd;
 mod sim_cmd;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,9 @@ struct Cli {
 enum Command {
     /// Run a scenario end to end on the in-memory bus and summarise it.
     Sim(sim_cmd::SimArgs),
+    /// The scenario library: list the shipped scenarios, show one's market data.
+    #[command(subcommand)]
+    Scenario(scenario_cmd::ScenarioCommand),
     /// Audit logs: verify the hash chains.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Sim(args) => sim_cmd::run(args),
+        Command::Scenario(cmd) => scenario_cmd::run(cmd),
         Command::Audit(cmd) => audit_cmd::run(cmd),
         Command::Query(args) => query_cmd::run(args),
     };

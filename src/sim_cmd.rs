@@ -5,6 +5,7 @@ use horizon_core::generator::MarketGenerator;
 use horizon_core::pipeline::{MemoryRun, RunSummary};
 use horizon_core::scenario::Scenario;
 use horizon_core::{feed, Fixed};
+use horizon_runtime::recorded;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -21,6 +22,9 @@ pub struct SimArgs {
     /// Write the event log and projection snapshots to this directory.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Recorded data: skip malformed lines (counted by reason) instead of stopping at the first.
+    #[arg(long)]
+    pub skip_bad: bool,
 }
 
 /// Finds a scenario by path, or by name in `scenarios/`.
@@ -47,13 +51,55 @@ pub fn load_scenario(arg: &str) -> Result<(PathBuf, Scenario), String> {
     Ok((path, scenario))
 }
 
+/// The folder of recorded files: `$HORIZON_DATA`, else `../shared/data` beside the repository
+/// holding the current directory, else beside the repository this binary was built from.
+pub fn data_dir() -> Result<PathBuf, String> {
+    let mut roots = Vec::new();
+    if let Some(root) = std::env::current_dir().ok().and_then(|d| recorded::find_repo_root(&d)) {
+        roots.push(root);
+    }
+    roots.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    recorded::resolve_data_dir(&roots)
+}
+
+/// The market feed of a scenario: its generator's trades, or its recording's records. Runs `f`
+/// over the feed's events and returns its result with the recording's report (`None` for a
+/// generated market); a recording that stops at an error (a malformed line without
+/// `--skip-bad`) is that error.
+pub fn with_feed<R>(
+    scenario: &Scenario,
+    seed: u64,
+    skip_bad: bool,
+    f: impl FnOnce(&mut dyn Iterator<Item = horizon_core::event::Event>) -> R,
+) -> Result<(R, Option<recorded::ReadReport>), String> {
+    if scenario.market.recording.is_none() {
+        let generator =
+            MarketGenerator::new(scenario, seed).ok_or_else(|| format!("{}: the scenario has no market source", scenario.name))?;
+        return Ok((f(&mut generator.map(feed::trade_event)), None));
+    }
+    let mut scenario = scenario.clone();
+    if let Some(r) = scenario.market.recording.as_mut() {
+        r.skip_bad |= skip_bad;
+    }
+    let dir = data_dir()?;
+    let mut feed = recorded::open_feed(&scenario, &dir).map_err(|e| e.to_string())?;
+    let (out, failure) = recorded::drive(&mut feed, f);
+    if let Some(e) = failure {
+        let hint = if e.problem.skippable() {
+            " (--skip-bad skips such lines)"
+        } else {
+            ""
+        };
+        return Err(format!("{e}{hint}"));
+    }
+    Ok((out, Some(feed.report().clone())))
+}
+
 pub fn run(args: SimArgs) -> Result<(), String> {
     let (_path, scenario) = load_scenario(&args.scenario)?;
     let seed = args.seed.unwrap_or(scenario.seed);
-    let generator = MarketGenerator::new(&scenario, seed)
-        .ok_or_else(|| format!("{}: recorded market data is not supported by this build yet", scenario.name))?;
     let started = Instant::now();
-    let run = MemoryRun::run(&scenario, generator.map(feed::trade_event), 8192);
+    let (run, report) = with_feed(&scenario, seed, args.skip_bad, |events| MemoryRun::run(&scenario, events, 8192))?;
     let wall = started.elapsed();
     let summary = run.summary(&scenario, seed);
     if let Some(dir) = &args.out {
@@ -63,8 +109,18 @@ pub fn run(args: SimArgs) -> Result<(), String> {
         let mut v = serde_json::to_value(&summary).map_err(|e| e.to_string())?;
         v["wall_time_ms"] = serde_json::json!(wall.as_millis() as u64);
         v["feed_events_per_second"] = serde_json::json!((summary.feed_events as f64 / wall.as_secs_f64()) as u64);
+        if let Some(r) = &report {
+            v["recording"] = serde_json::to_value(r).map_err(|e| e.to_string())?;
+        }
         println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
     } else {
+        if let Some(r) = &report {
+            println!("recording");
+            for line in r.describe() {
+                println!("  {line}");
+            }
+            println!();
+        }
         print_summary(&summary, wall);
     }
     Ok(())

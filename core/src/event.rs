@@ -245,7 +245,7 @@ pub struct Notification {
 
 /// The typed payload; its variant fixes the envelope's `EventType`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Payload {
     Trade(Trade),
     Bar(Bar),
@@ -385,7 +385,13 @@ impl Event {
     pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         let env = crate::wire::decode_envelope(bytes)?;
         if env.event_id.is_empty() {
-            return Err(DecodeError::Missing("event_id"));
+            return Err(match env.unknown_field {
+                Some(n) => DecodeError::Envelope(format!("no event_id, and field {n} is not a DomainEvent field")),
+                None => DecodeError::Missing("event_id"),
+            });
+        }
+        if let Some(n) = env.unknown_field {
+            return Err(DecodeError::UnknownFields(format!("envelope field {n}")));
         }
         let declared = i32::try_from(env.event_type).ok().and_then(|t| pb::EventType::try_from(t).ok());
         let declared = EventType::from_proto(declared.ok_or(DecodeError::UnknownType(env.event_type as i32))?);
@@ -442,6 +448,10 @@ pub enum DecodeError {
     NewerSchema(u32),
     #[error("payload is not a {declared} payload: {reason}")]
     TypeMismatch { declared: EventType, reason: String },
+    /// A newer producer's fields would be lost by decoding into this build's model, so the
+    /// record is refused (and dead-lettered) rather than silently altered.
+    #[error("carries fields this build does not know ({0}); a newer producer? refusing rather than dropping them")]
+    UnknownFields(String),
     #[error("missing field `{0}`")]
     Missing(&'static str),
     #[error("invalid field `{0}`: {1}")]
@@ -714,6 +724,23 @@ fn bar_from(b: pb::Bar) -> Result<Bar, DecodeError> {
     })
 }
 
+/// Decodes with the generated code and refuses bytes the message does not account for: prost
+/// skips unknown fields, so a payload longer than its re-encoding carried fields we don't know.
+fn decode_known<M: Message + Default>(bytes: &[u8], declared: EventType) -> Result<M, DecodeError> {
+    let m = M::decode(bytes).map_err(|e| DecodeError::TypeMismatch {
+        declared,
+        reason: e.to_string(),
+    })?;
+    if m.encoded_len() < bytes.len() {
+        return Err(DecodeError::UnknownFields(format!(
+            "{declared} payload: {} of {} bytes unaccounted for",
+            bytes.len() - m.encoded_len(),
+            bytes.len()
+        )));
+    }
+    Ok(m)
+}
+
 fn decode_payload(declared: EventType, bytes: &[u8]) -> Result<Payload, DecodeError> {
     let mismatch = |reason: String| DecodeError::TypeMismatch { declared, reason };
     match declared {
@@ -745,7 +772,7 @@ fn decode_payload(declared: EventType, bytes: &[u8]) -> Result<Payload, DecodeEr
                     exchange: t.exchange.to_string(),
                 }));
             }
-            let m = pb::MarketData::decode(bytes).map_err(|e| mismatch(e.to_string()))?;
+            let m = decode_known::<pb::MarketData>(bytes, declared)?;
             match m.data {
                 None => Err(mismatch("neither `trade` nor `bar` is set".into())),
                 Some(pb::market_data::Data::Trade(t)) => Ok(Payload::Trade(Trade {
@@ -761,7 +788,7 @@ fn decode_payload(declared: EventType, bytes: &[u8]) -> Result<Payload, DecodeEr
             }
         }
         EventType::TradingSignalGenerated => {
-            let s = pb::TradingSignal::decode(bytes).map_err(|e| mismatch(e.to_string()))?;
+            let s = decode_known::<pb::TradingSignal>(bytes, declared)?;
             let strategies = s
                 .strategies
                 .into_iter()
@@ -785,7 +812,7 @@ fn decode_payload(declared: EventType, bytes: &[u8]) -> Result<Payload, DecodeEr
             }))
         }
         EventType::RiskThresholdCrossed => {
-            let r = pb::RiskThresholdCrossed::decode(bytes).map_err(|e| mismatch(e.to_string()))?;
+            let r = decode_known::<pb::RiskThresholdCrossed>(bytes, declared)?;
             let kind = match pb::RiskKind::try_from(r.kind) {
                 Ok(pb::RiskKind::Drawdown) => RiskKind::Drawdown,
                 Ok(pb::RiskKind::Concentration) => RiskKind::Concentration,
@@ -808,7 +835,7 @@ fn decode_payload(declared: EventType, bytes: &[u8]) -> Result<Payload, DecodeEr
             }))
         }
         EventType::PortfolioRebalanced => {
-            let r = pb::PortfolioRebalanced::decode(bytes).map_err(|e| mismatch(e.to_string()))?;
+            let r = decode_known::<pb::PortfolioRebalanced>(bytes, declared)?;
             let reason = match pb::RebalanceReason::try_from(r.reason) {
                 Ok(pb::RebalanceReason::Signal) => RebalanceReason::Signal,
                 Ok(pb::RebalanceReason::Derisk) => RebalanceReason::Derisk,
@@ -852,7 +879,7 @@ fn decode_payload(declared: EventType, bytes: &[u8]) -> Result<Payload, DecodeEr
             }))
         }
         EventType::UserNotificationTriggered => {
-            let n = pb::UserNotification::decode(bytes).map_err(|e| mismatch(e.to_string()))?;
+            let n = decode_known::<pb::UserNotification>(bytes, declared)?;
             let source_type = pb::EventType::try_from(n.source_type)
                 .map(EventType::from_proto)
                 .map_err(|_| DecodeError::Invalid("notification.source_type", format!("unknown type {}", n.source_type)))?;
@@ -972,6 +999,35 @@ mod tests {
         assert_eq!(Event::decode(&env.encode_to_vec()).unwrap_err(), DecodeError::Missing("timestamp"));
         let bytes = t.encode();
         assert!(Event::decode(&bytes[..bytes.len() - 7]).is_err());
+    }
+
+    #[test]
+    fn a_newer_producers_unknown_fields_are_refused_not_dropped() {
+        let t = trade_event();
+        // An extra envelope field.
+        let mut bytes = t.encode();
+        crate::wire::put_uint(&mut bytes, 12, 7);
+        assert_eq!(
+            Event::decode(&bytes).unwrap_err(),
+            DecodeError::UnknownFields("envelope field 12".into())
+        );
+        // An extra field inside the trade payload.
+        let mut env = pb::DomainEvent::decode(t.encode().as_slice()).unwrap();
+        let mut md = pb::MarketData::decode(&env.payload[..]).unwrap();
+        let Some(pb::market_data::Data::Trade(trade)) = md.data.take() else {
+            panic!()
+        };
+        let mut trade_bytes = trade.encode_to_vec();
+        crate::wire::put_bytes(&mut trade_bytes, 8, b"venue-sequence-42");
+        let mut payload = Vec::new();
+        crate::wire::put_bytes(&mut payload, 1, &trade_bytes);
+        env.payload = payload.into();
+        let err = Event::decode(&env.encode_to_vec()).unwrap_err();
+        assert!(matches!(err, DecodeError::UnknownFields(_)), "{err}");
+        // An unknown enum value is named, not mapped to something else.
+        let mut env = pb::DomainEvent::decode(t.encode().as_slice()).unwrap();
+        env.r#type = 9;
+        assert_eq!(Event::decode(&env.encode_to_vec()).unwrap_err(), DecodeError::UnknownType(9));
     }
 
     #[test]

@@ -177,6 +177,10 @@ pub struct RecordingConfig {
     /// Skip malformed lines (counted by reason) instead of stopping at the first.
     #[serde(default)]
     pub skip_bad: bool,
+    /// Interval of the recorded bars (`1m`) for bar formats whose rows do not carry it
+    /// (`ohlcv`; default 1m). Klines carry it in their close time; when given it must agree.
+    #[serde(default)]
+    pub interval: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -376,6 +380,27 @@ impl Scenario {
             (None, None) => return err("market", "needs a [market.generator] or a [market.recording] section".into()),
             (Some(_), Some(_)) => return err("market", "has both [market.generator] and [market.recording]; choose one".into()),
             _ => {}
+        }
+        if let Some(r) = &self.market.recording {
+            if r.file.trim().is_empty() {
+                return err("market.recording.file", "must not be empty".into());
+            }
+            if let Some(iv) = &r.interval {
+                let Some(ms) = parse_duration_ms(iv).filter(|ms| *ms > 0) else {
+                    return err("market.recording.interval", format!("`{iv}` is not a duration like 1m"));
+                };
+                if let Some(bad) = self
+                    .market
+                    .bar_intervals
+                    .iter()
+                    .find(|b| parse_duration_ms(b).is_some_and(|b| b % ms != 0))
+                {
+                    return err(
+                        "market.recording.interval",
+                        format!("{iv} bars cannot build the configured {bad} bars (an interval must be a multiple of {iv})"),
+                    );
+                }
+            }
         }
         if let Some(g) = &self.market.generator {
             if Timestamp::parse_rfc3339(&g.start).is_none() {

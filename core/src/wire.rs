@@ -263,6 +263,8 @@ pub struct Envelope<'a> {
     pub payload: &'a [u8],
     /// In wire order; a later duplicate key wins, as in protobuf maps.
     pub metadata: Vec<(&'a str, &'a str)>,
+    /// The first field number this schema does not define, if any.
+    pub unknown_field: Option<u32>,
 }
 
 pub fn decode_envelope(buf: &[u8]) -> Result<Envelope<'_>, DecodeError> {
@@ -315,7 +317,10 @@ pub fn decode_envelope(buf: &[u8]) -> Result<Envelope<'_>, DecodeError> {
                 }
                 env.metadata.push((k, v));
             }
-            _ => r.skip(wt)?,
+            n => {
+                env.unknown_field.get_or_insert(n);
+                r.skip(wt)?;
+            }
         }
     }
     Ok(env)
@@ -467,5 +472,8 @@ mod tests {
         }
         assert!(decode_envelope(&out[..out.len() - 1]).is_err());
         assert!(decode_envelope(&[0x08, 0x01]).is_err(), "event_id as a varint");
+        let mut newer = out.clone();
+        put_uint(&mut newer, 9, 1);
+        assert_eq!(decode_envelope(&newer).unwrap().unknown_field, Some(9));
     }
 }

@@ -1,3 +1,4 @@
 //! Edges of CipherHorizon: the Kafka backend, the service process and the query API.
 
 pub mod kafka;
+pub mod recorded;

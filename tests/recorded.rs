@@ -1,0 +1,330 @@
+//! The recorded scenarios on the real files in `../shared/data` (or `$HORIZON_DATA`): snapshots
+//! of their projections, every event type, what the readers count in each file, the command
+//! line, and an independent check of bars and EMAs against pandas (`scripts/crosscheck.py`).
+//!
+//! These tests need the data. CI has it; where it is missing they fail, saying where they looked.
+
+use horizon_core::pipeline::MemoryRun;
+use horizon_core::projections::Digests;
+use horizon_core::scenario::Scenario;
+use horizon_core::{Fixed, Timestamp};
+use horizon_runtime::recorded::{self, ReadReport};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const RECORDED: [&str; 3] = ["ftx-jan-2022", "binance-ticks-2020", "binance-ws-2024"];
+
+const TICKS: &str = "binance-futures_btcusdt_trades_2020-02-22.tardis.csv";
+const FTX: &str = "ftx_btc-perp_1m_2022-01.csv";
+const WS: &str = "binance-usdm_btcusdt_ws-capture_2024-08-08.gz";
+
+/// The data folder, or a failure that says the data is missing and where it was looked for.
+fn data_dir() -> PathBuf {
+    let (dir, origin) = match std::env::var_os(recorded::DATA_ENV).filter(|v| !v.is_empty()) {
+        Some(d) => (PathBuf::from(d), format!("${}", recorded::DATA_ENV)),
+        None => (
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data")),
+            "the default ../shared/data beside the repository".to_string(),
+        ),
+    };
+    for f in [TICKS, FTX, WS] {
+        assert!(
+            dir.join(f).is_file(),
+            "recorded data is missing: {} not found in {} ({origin}); these tests need the shared data \
+             (CI has it; set {} to the folder holding it)",
+            f,
+            dir.display(),
+            recorded::DATA_ENV
+        );
+    }
+    dir
+}
+
+fn scenario(name: &str) -> Scenario {
+    let path = format!("{}/scenarios/{name}.toml", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    Scenario::from_toml(&text, &path).unwrap()
+}
+
+fn run(s: &Scenario, chunk: usize) -> (MemoryRun, ReadReport) {
+    let mut feed = recorded::open_feed(s, &data_dir()).unwrap_or_else(|e| panic!("{e}"));
+    let (run, failure) = recorded::drive(&mut feed, |events| MemoryRun::run(s, events, chunk));
+    assert!(failure.is_none(), "{}", failure.unwrap());
+    (run, feed.report().clone())
+}
+
+/// What a reviewer reads in a snapshot: the recording's counts, every event count and the read
+/// models, with long series thinned (as in `tests/scenarios.rs`).
+#[derive(Serialize)]
+struct Snapshot {
+    recording: serde_json::Value,
+    events_by_type: BTreeMap<String, u64>,
+    bars: BTreeMap<String, BTreeMap<String, BarSeriesSummary>>,
+    portfolio: serde_json::Value,
+    risk: serde_json::Value,
+    notifications: serde_json::Value,
+    audit_entries: usize,
+    digests: Digests,
+}
+
+#[derive(Serialize)]
+struct BarSeriesSummary {
+    count: usize,
+    first: (Timestamp, Fixed, Fixed),
+    last: (Timestamp, Fixed, Fixed),
+}
+
+fn snapshot(run: &MemoryRun, report: &ReadReport) -> Snapshot {
+    let p = run.pipeline.projections().unwrap();
+    let mut views = serde_json::to_value(run.pipeline.views()).unwrap();
+    for pv in views["portfolios"].as_object_mut().unwrap().values_mut() {
+        let series = pv["series"].as_array().unwrap();
+        let step = (series.len() / 25).max(1);
+        pv["series"] = serde_json::Value::Array(series.iter().step_by(step).cloned().collect());
+    }
+    for feed in views["notifications"].as_object_mut().unwrap().values_mut() {
+        if let Some(items) = feed.as_array() {
+            let step = (items.len() / 20).max(1);
+            *feed = serde_json::Value::Array(items.iter().step_by(step).cloned().collect());
+        }
+    }
+    let mut recording = serde_json::to_value(report).unwrap();
+    // The path depends on the machine; the file name does not.
+    recording["file"] = serde_json::json!(Path::new(&report.file).file_name().unwrap().to_string_lossy());
+    for s in recording["skipped"].as_object_mut().unwrap().values_mut() {
+        let first = s["first"].as_str().unwrap().to_string();
+        s["first"] = serde_json::json!(first.rsplit('/').next().unwrap());
+    }
+    Snapshot {
+        recording,
+        events_by_type: p.events_by_type.iter().map(|(k, v)| (k.as_str().to_string(), *v)).collect(),
+        bars: p
+            .bars
+            .iter()
+            .map(|(sym, by_interval)| {
+                let summaries = by_interval
+                    .iter()
+                    .map(|(iv, bars)| {
+                        let f = bars.values().next().unwrap();
+                        let l = bars.values().last().unwrap();
+                        (
+                            iv.clone(),
+                            BarSeriesSummary {
+                                count: bars.len(),
+                                first: (f.start, f.open, f.close),
+                                last: (l.start, l.open, l.close),
+                            },
+                        )
+                    })
+                    .collect();
+                (sym.clone(), summaries)
+            })
+            .collect(),
+        portfolio: views["portfolios"].clone(),
+        risk: views["risk"].clone(),
+        notifications: views["notifications"].clone(),
+        audit_entries: p.audit.len(),
+        digests: run.pipeline.digests(),
+    }
+}
+
+#[test]
+fn every_recorded_scenario_exercises_every_event_type_and_matches_its_snapshot() {
+    for name in RECORDED {
+        let s = scenario(name);
+        let (r, report) = run(&s, 8192);
+        let by_type = &r.pipeline.projections().unwrap().events_by_type;
+        assert_eq!(by_type.len(), 5, "{name} exercises every event type: {by_type:?}");
+        let summary = r.summary(&s, s.seed);
+        assert!(
+            summary.risk_entered > 0 && summary.rebalances > 0 && summary.notifications > 0,
+            "{name}"
+        );
+        assert_eq!(summary.dead_letters, 0, "{name}: nothing recorded is dead-lettered");
+        insta::assert_json_snapshot!(format!("recorded-{name}"), snapshot(&r, &report));
+    }
+}
+
+#[test]
+fn the_readers_account_for_every_line_of_the_real_files() {
+    let dir = data_dir();
+    // tardis: 9,999 trades after the header, in time order.
+    let (_, ticks) = run(&scenario("binance-ticks-2020"), 8192);
+    assert_eq!(
+        (ticks.lines, ticks.header_lines, ticks.trades, ticks.out_of_order),
+        (10_000, 1, 9_999, 0)
+    );
+    // FTX: 45,031 bars, six of them refused for a float artefact in their volume.
+    let (_, ftx) = run(&scenario("ftx-jan-2022"), 8192);
+    assert_eq!((ftx.lines, ftx.bars, ftx.skipped_lines()), (45_032, 45_025, 6));
+    assert_eq!(
+        ftx.skipped.keys().collect::<Vec<_>>(),
+        ["field `volume`: more than 8 decimal places"]
+    );
+    // The WebSocket capture: every message counted by kind.
+    let (_, ws) = run(&scenario("binance-ws-2024"), 8192);
+    let ignored: Vec<(&str, u64)> = ws.ignored.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    assert_eq!(ws.trades, 21_313);
+    assert_eq!(ignored, [("book-ticker", 66_089), ("depth-snapshot", 1), ("depth-update", 6_551)]);
+    assert_eq!(ws.lines, 93_954);
+    assert_eq!(ws.quotes.as_ref().unwrap().updates, 66_089);
+    for r in [&ticks, &ftx, &ws] {
+        assert_eq!(r.unaccounted(), 0, "{}", r.file);
+    }
+    // Without skip_bad the FTX file stops at its first bad line, naming file, line and field.
+    let mut strict = scenario("ftx-jan-2022");
+    strict.market.recording.as_mut().unwrap().skip_bad = false;
+    let err = recorded::open_recording(&strict, &dir).unwrap().find_map(Result::err).unwrap();
+    assert!(
+        err.to_string().ends_with(&format!(
+            "{FTX}:249: field `volume`: `218102.59507500002` has more than 8 decimal places"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_recorded_run_does_not_depend_on_how_the_stages_interleave() {
+    let s = scenario("binance-ticks-2020");
+    let (coarse, _) = run(&s, 50_000);
+    let (fine, _) = run(&s, 97);
+    assert_eq!(fine.pipeline.digests(), coarse.pipeline.digests());
+}
+
+fn horizon(args: &[&str], cwd: &Path, data: Option<&Path>) -> std::process::Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_horizon"));
+    c.args(args).current_dir(cwd).env_remove(recorded::DATA_ENV);
+    if let Some(d) = data {
+        c.env(recorded::DATA_ENV, d);
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn horizon_sim_replays_each_recorded_scenario_from_the_repository_root() {
+    data_dir();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for name in RECORDED {
+        let out = horizon(&["sim", name, "--json"], root, None);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["events_by_type"].as_object().unwrap().len(), 5, "{name}");
+        assert!(v["recording"]["records"].as_u64().unwrap() > 0, "{name}");
+    }
+    let out = horizon(&["scenario", "list"], root, None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for name in RECORDED.iter().chain(&["flash-crash", "trend", "chop"]) {
+        assert!(text.contains(name), "{name} listed: {text}");
+    }
+    assert!(!text.contains("MISSING"), "{text}");
+    let out = horizon(&["scenario", "show", "binance-ticks-2020"], root, None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("9999 trades") && text.contains("2020-02-22T00:00:02.111Z"), "{text}");
+}
+
+#[test]
+fn missing_data_and_bad_lines_are_one_clear_line() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let nowhere = std::env::temp_dir().join("horizon-no-such-data-folder");
+    let out = horizon(&["sim", "ftx-jan-2022"], root, Some(&nowhere));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("recorded data is missing") && err.contains("horizon-no-such-data-folder"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let out = horizon(&["scenario", "list"], root, Some(&nowhere));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("MISSING"));
+
+    // A recording with bad lines: stop at the first, or skip and count with --skip-bad.
+    let dir = std::env::temp_dir().join(format!("horizon-recorded-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(FTX),
+        "timestamp,open,high,low,close,volume\n\
+         2022-01-01 00:00:00,100,101,99,100,5\n\
+         2022-01-01 00:01:00,100,abc,99,100,5\n\
+         2022-01-01 00:02:00,100,101,99,100\n\
+         2022-01-01 00:03:00,100,101,99,100,5\n",
+    )
+    .unwrap();
+    let scenario_file = dir.join("s.toml");
+    let text = std::fs::read_to_string(root.join("scenarios/ftx-jan-2022.toml")).unwrap();
+    std::fs::write(&scenario_file, text.replace("skip_bad = true", "skip_bad = false")).unwrap();
+    let f = scenario_file.to_str().unwrap();
+    let out = horizon(&["sim", f], root, Some(&dir));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("{FTX}:3: field `high`: `abc` is not a decimal number")),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let out = horizon(&["sim", f, "--skip-bad", "--json"], root, Some(&dir));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let skipped = &v["recording"]["skipped"];
+    assert_eq!(skipped["field `high`: not a decimal number"]["lines"], 1, "{skipped}");
+    assert_eq!(skipped["wrong number of columns"]["lines"], 1, "{skipped}");
+    assert_eq!(v["recording"]["bars"], 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A Python with pandas, in a venv under the target dir, created once and reused.
+fn python_with_pandas() -> PathBuf {
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("crosscheck-venv");
+    let python = venv.join("bin").join("python");
+    let stamp = venv.join(".pandas-installed");
+    if !stamp.is_file() {
+        if !python.is_file() {
+            let st = Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .expect("python3 runs");
+            assert!(st.success(), "python3 -m venv {} failed", venv.display());
+        }
+        let st = Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "pandas>=2.2,<3"])
+            .status()
+            .expect("pip runs");
+        assert!(st.success(), "pip install pandas failed");
+        std::fs::write(&stamp, "").unwrap();
+    }
+    python
+}
+
+#[test]
+fn bars_and_emas_match_pandas() {
+    let dir = data_dir();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = python_with_pandas();
+    let cases = [
+        ("binance-ticks-2020", "1m", "ticks", TICKS, "1min"),
+        ("binance-ticks-2020", "10s", "ticks", TICKS, "10s"),
+        ("ftx-jan-2022", "15m", "ohlcv", FTX, "15min"),
+    ];
+    for (name, interval, kind, file, pandas_interval) in cases {
+        let out = horizon(
+            &["scenario", "bars", name, "--interval", interval, "--ema", "12,48,200"],
+            root,
+            Some(&dir),
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let ours = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("crosscheck-{name}-{interval}.csv"));
+        std::fs::write(&ours, &out.stdout).unwrap();
+        let check = Command::new(&python)
+            .arg(root.join("scripts/crosscheck.py"))
+            .args([kind, dir.join(file).to_str().unwrap(), ours.to_str().unwrap()])
+            .args(["--interval", pandas_interval, "--spans", "12,48,200"])
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&check.stdout);
+        println!("{name} {interval}:\n{report}{}", String::from_utf8_lossy(&check.stderr));
+        assert!(check.status.success(), "{name} {interval} disagrees with pandas:\n{report}");
+        assert!(report.contains("vs exact: 0 differ"), "{report}");
+    }
+}
