@@ -195,7 +195,9 @@ fn a_recorded_run_does_not_depend_on_how_the_stages_interleave() {
 
 fn horizon(args: &[&str], cwd: &Path, data: Option<&Path>) -> std::process::Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_horizon"));
-    c.args(args).current_dir(cwd).env_remove(recorded::DATA_ENV);
+    c.args(args).current_dir(cwd);
+    // Without `data`, the data folder is found as a user's would be: $HORIZON_DATA if set, else
+    // ../shared/data beside the repository.
     if let Some(d) = data {
         c.env(recorded::DATA_ENV, d);
     }
