@@ -24,7 +24,12 @@ pub fn run(cmd: AuditCommand) -> Result<(), String> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
             } else {
-                println!("{}: {} records in {} chains, every link intact and sealed", path.display(), report.records, report.chains.len());
+                println!(
+                    "{}: {} records in {} chains, every link intact and sealed",
+                    path.display(),
+                    report.records,
+                    report.chains.len()
+                );
                 for (chain, head) in &report.heads {
                     println!("  {chain:<18} {:>8} records  head {head}", report.chains[chain]);
                 }
@@ -43,7 +48,8 @@ pub fn read_log(path: &Path) -> Result<Vec<(usize, Line)>, String> {
         if text.trim().is_empty() {
             continue;
         }
-        let parsed: Line = serde_json::from_str(&text).map_err(|e| format!("{}: line {}: not an audit record: {e}", path.display(), i + 1))?;
+        let parsed: Line =
+            serde_json::from_str(&text).map_err(|e| format!("{}: line {}: not an audit record: {e}", path.display(), i + 1))?;
         lines.push((i + 1, parsed));
     }
     Ok(lines)

@@ -75,7 +75,9 @@ fn parse_offsets(text: &str) -> Option<BTreeMap<String, u64>> {
 }
 
 pub fn run(args: QueryArgs) -> Result<(), String> {
-    let log = args.log.ok_or("--log PATH is required: the audit log to replay (horizon sim --out DIR writes DIR/audit.log)")?;
+    let log = args
+        .log
+        .ok_or("--log PATH is required: the audit log to replay (horizon sim --out DIR writes DIR/audit.log)")?;
     let lines = crate::audit_cmd::read_log(&log)?;
     let records: Vec<_> = lines
         .into_iter()
@@ -86,7 +88,11 @@ pub fn run(args: QueryArgs) -> Result<(), String> {
         .collect();
     let events: Vec<(String, u64, Event)> = records
         .iter()
-        .filter_map(|r| Event::decode(&r.value).ok().map(|e| (format!("{}/{}", r.topic, r.partition), r.offset, e)))
+        .filter_map(|r| {
+            Event::decode(&r.value)
+                .ok()
+                .map(|e| (format!("{}/{}", r.topic, r.partition), r.offset, e))
+        })
         .collect();
     let cut = match args.at.as_deref() {
         None => Cut::Everything,
@@ -98,7 +104,10 @@ pub fn run(args: QueryArgs) -> Result<(), String> {
             } else if let Some(o) = parse_offsets(at) {
                 Cut::Offsets(o)
             } else {
-                return Err(format!("--at `{at}`: not an RFC 3339 time, an event id in {}, or topic/partition:offset,...", log.display()));
+                return Err(format!(
+                    "--at `{at}`: not an RFC 3339 time, an event id in {}, or topic/partition:offset,...",
+                    log.display()
+                ));
             }
         }
     };
@@ -115,7 +124,9 @@ pub fn run(args: QueryArgs) -> Result<(), String> {
     }
     let service = match &args.scenario {
         Some(s) => ProjectionService::from_scenario(&crate::sim_cmd::load_scenario(s)?.1),
-        None => ProjectionService { initial_cash: BTreeMap::new() },
+        None => ProjectionService {
+            initial_cash: BTreeMap::new(),
+        },
     };
     let views = service.views(&projections);
     let out = match args.view {
@@ -127,22 +138,36 @@ pub fn run(args: QueryArgs) -> Result<(), String> {
                 }
             }
             if args.scenario.is_none() {
-                eprintln!("horizon: note: without --scenario the starting cash is unknown, so value and P&L before the first rebalance read as 0");
+                eprintln!(
+                    "horizon: note: without --scenario the starting cash is unknown, so value and P&L before the first rebalance read as 0"
+                );
             }
             v
         }
-        View::Positions => serde_json::to_value(views.portfolios.iter().map(|(k, v)| (k.clone(), v.positions.clone())).collect::<BTreeMap<_, _>>())
-            .map_err(|e| e.to_string())?,
+        View::Positions => serde_json::to_value(
+            views
+                .portfolios
+                .iter()
+                .map(|(k, v)| (k.clone(), v.positions.clone()))
+                .collect::<BTreeMap<_, _>>(),
+        )
+        .map_err(|e| e.to_string())?,
         View::Bars { symbol, interval, last } => {
             let bars = projections.bars.get(&symbol).and_then(|m| m.get(&interval)).ok_or_else(|| {
-                let known: Vec<String> = projections.bars.iter().flat_map(|(s, m)| m.keys().map(move |i| format!("{s} {i}"))).collect();
+                let known: Vec<String> = projections
+                    .bars
+                    .iter()
+                    .flat_map(|(s, m)| m.keys().map(move |i| format!("{s} {i}")))
+                    .collect();
                 format!("no {interval} bars for `{symbol}` at that point; known: {}", known.join(", "))
             })?;
             let skip = last.map(|n| bars.len().saturating_sub(n)).unwrap_or(0);
             serde_json::to_value(bars.values().skip(skip).collect::<Vec<_>>()).map_err(|e| e.to_string())?
         }
         View::Risk => serde_json::to_value(&views.risk).map_err(|e| e.to_string())?,
-        View::Notifications { user } => serde_json::to_value(views.notifications.get(&user).cloned().unwrap_or_default()).map_err(|e| e.to_string())?,
+        View::Notifications { user } => {
+            serde_json::to_value(views.notifications.get(&user).cloned().unwrap_or_default()).map_err(|e| e.to_string())?
+        }
         View::Event { id } => {
             let chain = projections.causation_chain(&id);
             if chain.is_empty() {

@@ -130,7 +130,11 @@ fn write_out(dir: &Path, run: &MemoryRun) -> std::io::Result<()> {
     use std::io::Write;
     std::fs::create_dir_all(dir)?;
     let broker = run.bus.broker();
-    let records: Vec<horizon_core::bus::Record> = broker.all_partitions().into_iter().flat_map(|tp| broker.read(tp, 0, u64::MAX)).collect();
+    let records: Vec<horizon_core::bus::Record> = broker
+        .all_partitions()
+        .into_iter()
+        .flat_map(|tp| broker.read(tp, 0, u64::MAX))
+        .collect();
     crate::audit_cmd::write_log(&dir.join("audit.log"), &records)?;
     let mut log = std::io::BufWriter::new(std::fs::File::create(dir.join("events.jsonl"))?);
     {

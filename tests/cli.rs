@@ -171,6 +171,9 @@ fn query_names_a_bad_point_in_time() {
     let dir = std::env::temp_dir().join(format!("horizon-query-bad-{}", std::process::id()));
     assert!(horizon(&["sim", "chop", "--out", dir.to_str().unwrap()]).status.success());
     let log = dir.join("audit.log");
-    assert_one_line_error(&horizon(&["query", "risk", "--log", log.to_str().unwrap(), "--at", "yesterday"]), &["--at", "yesterday"]);
+    assert_one_line_error(
+        &horizon(&["query", "risk", "--log", log.to_str().unwrap(), "--at", "yesterday"]),
+        &["--at", "yesterday"],
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

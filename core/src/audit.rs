@@ -80,11 +80,25 @@ impl Chainer {
         let prev = head.1;
         let hash = chain_hash(&prev, topic, partition, offset, key, value);
         *head = (head.0 + 1, hash);
-        AuditRecord { topic: topic.to_string(), partition, offset, key: key.to_vec(), value: value.to_vec(), prev, hash }
+        AuditRecord {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            key: key.to_vec(),
+            value: value.to_vec(),
+            prev,
+            hash,
+        }
     }
 
     pub fn seal(&self) -> Seal {
-        Seal { heads: self.heads.iter().map(|(k, (n, h))| (k.clone(), SealedHead { records: *n, hash: *h })).collect() }
+        Seal {
+            heads: self
+                .heads
+                .iter()
+                .map(|(k, (n, h))| (k.clone(), SealedHead { records: *n, hash: *h }))
+                .collect(),
+        }
     }
 }
 
@@ -93,7 +107,12 @@ pub enum Tamper {
     #[error("line {line}: {chain} offset {offset} was altered: its content does not match its hash")]
     Altered { line: usize, chain: String, offset: u64 },
     #[error("line {line}: {chain}: record(s) removed before offset {offset} (expected offset {expected})")]
-    Removed { line: usize, chain: String, offset: u64, expected: u64 },
+    Removed {
+        line: usize,
+        chain: String,
+        offset: u64,
+        expected: u64,
+    },
     #[error("line {line}: {chain} offset {offset} was inserted: it does not continue the chain")]
     Inserted { line: usize, chain: String, offset: u64 },
     #[error("{chain}: the log ends after {found} records but was sealed at {sealed}: records removed from the end")]
@@ -130,31 +149,61 @@ pub fn verify<I: IntoIterator<Item = (usize, Line)>>(lines: I) -> Result<VerifyR
                 continue;
             }
             Line::Record(r) if sealed.is_some() => {
-                return Err(Tamper::Inserted { line, chain: chain_name(&r.topic, r.partition), offset: r.offset });
+                return Err(Tamper::Inserted {
+                    line,
+                    chain: chain_name(&r.topic, r.partition),
+                    offset: r.offset,
+                });
             }
             Line::Record(r) => r,
         };
         let chain = chain_name(&r.topic, r.partition);
-        let head = heads.entry(chain.clone()).or_insert(Head { expected_offset: None, hash: [0; 32], records: 0 });
+        let head = heads.entry(chain.clone()).or_insert(Head {
+            expected_offset: None,
+            hash: [0; 32],
+            records: 0,
+        });
         let own = chain_hash(&r.prev, &r.topic, r.partition, r.offset, &r.key, &r.value);
         if r.prev == head.hash {
             if own != r.hash {
-                return Err(Tamper::Altered { line, chain, offset: r.offset });
+                return Err(Tamper::Altered {
+                    line,
+                    chain,
+                    offset: r.offset,
+                });
             }
             if head.expected_offset.is_some_and(|e| r.offset < e) {
-                return Err(Tamper::Inserted { line, chain, offset: r.offset });
+                return Err(Tamper::Inserted {
+                    line,
+                    chain,
+                    offset: r.offset,
+                });
             }
         } else {
             // The link does not continue the chain: either this record was inserted (its offset
             // repeats or goes back), or records before it are missing (its offset jumps ahead).
             let expected = head.expected_offset.unwrap_or(0);
             if own == r.hash && r.offset > expected && head.expected_offset.is_some() {
-                return Err(Tamper::Removed { line, chain, offset: r.offset, expected });
+                return Err(Tamper::Removed {
+                    line,
+                    chain,
+                    offset: r.offset,
+                    expected,
+                });
             }
             if own == r.hash && head.expected_offset.is_none() && r.prev != [0; 32] {
-                return Err(Tamper::Removed { line, chain, offset: r.offset, expected });
+                return Err(Tamper::Removed {
+                    line,
+                    chain,
+                    offset: r.offset,
+                    expected,
+                });
             }
-            return Err(Tamper::Inserted { line, chain, offset: r.offset });
+            return Err(Tamper::Inserted {
+                line,
+                chain,
+                offset: r.offset,
+            });
         }
         head.expected_offset = Some(r.offset + 1);
         head.hash = r.hash;
@@ -164,10 +213,18 @@ pub fn verify<I: IntoIterator<Item = (usize, Line)>>(lines: I) -> Result<VerifyR
     let seal = sealed.ok_or(Tamper::Unsealed)?;
     for (chain, s) in &seal.heads {
         let Some(h) = heads.get(chain) else {
-            return Err(Tamper::Truncated { chain: chain.clone(), found: 0, sealed: s.records });
+            return Err(Tamper::Truncated {
+                chain: chain.clone(),
+                found: 0,
+                sealed: s.records,
+            });
         };
         if h.records < s.records {
-            return Err(Tamper::Truncated { chain: chain.clone(), found: h.records, sealed: s.records });
+            return Err(Tamper::Truncated {
+                chain: chain.clone(),
+                found: h.records,
+                sealed: s.records,
+            });
         }
         if h.hash != s.hash || h.records != s.records {
             return Err(Tamper::SealMismatch { chain: chain.clone() });
@@ -190,7 +247,9 @@ mod b64 {
     }
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = <String as serde::Deserialize>::deserialize(d)?;
-        base64::engine::general_purpose::STANDARD.decode(text).map_err(serde::de::Error::custom)
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -251,14 +310,29 @@ mod tests {
     fn an_altered_record_is_named() {
         let mut l = log();
         record(&mut l, 4).value = b"forged".to_vec();
-        assert_eq!(check(l).unwrap_err(), Tamper::Altered { line: 5, chain: "t/0".into(), offset: 2 });
+        assert_eq!(
+            check(l).unwrap_err(),
+            Tamper::Altered {
+                line: 5,
+                chain: "t/0".into(),
+                offset: 2
+            }
+        );
     }
 
     #[test]
     fn a_removed_record_is_named_at_the_next_one() {
         let mut l = log();
         l.remove(4); // t/0 offset 2; line 5 is now t/1 offset 2, line 6 t/0 offset 3
-        assert_eq!(check(l).unwrap_err(), Tamper::Removed { line: 6, chain: "t/0".into(), offset: 3, expected: 2 });
+        assert_eq!(
+            check(l).unwrap_err(),
+            Tamper::Removed {
+                line: 6,
+                chain: "t/0".into(),
+                offset: 3,
+                expected: 2
+            }
+        );
     }
 
     #[test]
@@ -266,16 +340,37 @@ mod tests {
         let mut l = log();
         let mut forged = record(&mut l, 2).clone(); // t/0 offset 1
         forged.value = b"extra".to_vec();
-        forged.hash = chain_hash(&forged.prev, &forged.topic, forged.partition, forged.offset, &forged.key, &forged.value);
+        forged.hash = chain_hash(
+            &forged.prev,
+            &forged.topic,
+            forged.partition,
+            forged.offset,
+            &forged.key,
+            &forged.value,
+        );
         l.insert(4, Line::Record(forged));
-        assert_eq!(check(l).unwrap_err(), Tamper::Inserted { line: 5, chain: "t/0".into(), offset: 1 });
+        assert_eq!(
+            check(l).unwrap_err(),
+            Tamper::Inserted {
+                line: 5,
+                chain: "t/0".into(),
+                offset: 1
+            }
+        );
     }
 
     #[test]
     fn a_cut_tail_is_caught_by_the_seal_and_a_missing_seal_is_reported() {
         let mut l = log();
         l.remove(9); // t/1 offset 4, the last record before the seal
-        assert_eq!(check(l).unwrap_err(), Tamper::Truncated { chain: "t/1".into(), found: 4, sealed: 5 });
+        assert_eq!(
+            check(l).unwrap_err(),
+            Tamper::Truncated {
+                chain: "t/1".into(),
+                found: 4,
+                sealed: 5
+            }
+        );
         let mut l = log();
         l.pop();
         assert_eq!(check(l).unwrap_err(), Tamper::Unsealed);

@@ -336,7 +336,10 @@ impl ProjectionService {
                 .map(|pid| {
                     let empty = PortfolioLog::default();
                     let log = p.portfolios.get(pid).unwrap_or(&empty);
-                    (pid.clone(), portfolio_view(pid, self.initial_cash.get(pid).copied().unwrap_or(Fixed::ZERO), log))
+                    (
+                        pid.clone(),
+                        portfolio_view(pid, self.initial_cash.get(pid).copied().unwrap_or(Fixed::ZERO), log),
+                    )
                 })
                 .collect(),
             risk: p.risk.iter().map(|(pid, rows)| (pid.clone(), risk_dashboard(rows))).collect(),
