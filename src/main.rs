@@ -5,9 +5,12 @@
 //! one line on stderr and a non-zero exit, never a panic trace.
 
 mod audit_cmd;
+mod feed_cmd;
+mod run_cmd;
 mod query_cmd;
 mod scenario_cmd;
 mod sim_cmd;
+mod topics_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -33,6 +36,15 @@ enum Command {
     /// Audit logs: verify the hash chains.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
+    /// Run services against Apache Kafka (a long-lived process; SIGTERM stops it cleanly).
+    Run(run_cmd::RunArgs),
+    /// Publish a scenario's market data to Kafka, as a market-data gateway would.
+    Feed(feed_cmd::FeedArgs),
+    /// Kafka topics: create the documented set.
+    #[command(subcommand)]
+    Topics(topics_cmd::TopicsCommand),
+    /// Build the projections from the Kafka log (a fresh read replica) and print their digests.
+    Digest(run_cmd::DigestArgs),
     /// A read model as of now or of a past point (time travel), from an audit log.
     Query(query_cmd::QueryArgs),
 }
@@ -51,6 +63,10 @@ fn main() -> ExitCode {
         Command::Sim(args) => sim_cmd::run(args),
         Command::Scenario(cmd) => scenario_cmd::run(cmd),
         Command::Audit(cmd) => audit_cmd::run(cmd),
+        Command::Run(args) => run_cmd::run(args),
+        Command::Feed(args) => feed_cmd::run(args),
+        Command::Topics(cmd) => topics_cmd::run(cmd),
+        Command::Digest(args) => run_cmd::digest(args),
         Command::Query(args) => query_cmd::run(args),
     };
     match result {

@@ -317,6 +317,11 @@ impl bus::Producer for KafkaProducer {
 
     fn flush(&mut self) -> Result<(), BusError> {
         let deadline = Instant::now() + self.flush_timeout;
+        if self.sent > 0 {
+            // librdkafka's flush sends what is queued at once (no `linger.ms` wait) and serves
+            // delivery reports until nothing is in flight; the counts below say how it went.
+            let _ = self.producer.flush(self.flush_timeout);
+        }
         loop {
             let t = self.tracker();
             let done = t.acked.load(Ordering::SeqCst) + t.failed.load(Ordering::SeqCst);
@@ -408,6 +413,10 @@ enum Item {
 /// One member of a consumer group.
 pub struct KafkaConsumer {
     consumer: BaseConsumer<GroupContext>,
+    /// How long `poll` waits for a first record (default `POLL_WAIT`).
+    poll_wait: Duration,
+    /// Once a batch has a record, how much longer `poll` waits for more (default `POLL_LINGER`).
+    poll_linger: Duration,
     /// Notices and records in the order they happened, not yet handed out.
     buffer: VecDeque<Item>,
     /// A consumer outside the group (assign + seek) for `fetch` and watermarks, made on first use.
@@ -439,6 +448,8 @@ impl KafkaConsumer {
         consumer.subscribe(topics).map_err(|e| bus_error(&e))?;
         Ok(KafkaConsumer {
             consumer,
+            poll_wait: POLL_WAIT,
+            poll_linger: POLL_LINGER,
             buffer: VecDeque::new(),
             reader: None,
             config: config.clone(),
@@ -448,6 +459,14 @@ impl KafkaConsumer {
 
     pub fn group(&self) -> &str {
         &self.group
+    }
+
+    /// Sets how long `poll` waits for a first record, and once it has one, how much longer it
+    /// waits for more (zero: return what librdkafka has already fetched). A driver stepping
+    /// several consumers in turn keeps these short so no stage waits on another's idle poll.
+    pub fn set_poll_timing(&mut self, wait: Duration, linger: Duration) {
+        self.poll_wait = wait;
+        self.poll_linger = linger;
     }
 
     /// The partitions this member owns right now.
@@ -550,20 +569,20 @@ impl bus::Consumer for KafkaConsumer {
     fn poll(&mut self, max_records: usize) -> Result<Polled, BusError> {
         let max_records = max_records.max(1);
         let start = Instant::now();
+        // Set when the batch gets its first record: the batch is returned by then.
+        let mut linger_until: Option<Instant> = None;
         loop {
             self.absorb_notices();
             if self.has_notice() || self.leading_records() >= max_records {
                 break;
             }
             let have = self.leading_records() > 0;
-            let wait = if have {
-                POLL_LINGER
-            } else {
-                POLL_WAIT.saturating_sub(start.elapsed())
-            };
-            if wait.is_zero() {
-                break;
+            if have && linger_until.is_none() {
+                linger_until = Some(Instant::now() + self.poll_linger);
             }
+            let until = linger_until.unwrap_or(start + self.poll_wait);
+            // A zero wait still takes what librdkafka has already fetched.
+            let wait = until.saturating_duration_since(Instant::now());
             let polled = self.consumer.poll(wait).map(|r| r.map(|m| to_record(&m)));
             match polled {
                 Some(Ok(record)) => {
@@ -584,7 +603,7 @@ impl bus::Consumer for KafkaConsumer {
                     break;
                 }
                 None => {
-                    if have {
+                    if have || wait.is_zero() {
                         self.absorb_notices();
                         break;
                     }

@@ -1,4 +1,9 @@
 //! Edges of CipherHorizon: the Kafka backend, the service process and the query API.
 
+pub mod api;
+pub mod gateway;
 pub mod kafka;
+pub mod notify;
 pub mod recorded;
+pub mod replica;
+pub mod service;

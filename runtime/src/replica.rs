@@ -1,0 +1,86 @@
+//! A read replica built on demand (`horizon digest`): a fresh projection that consumes every
+//! topic from the beginning in a consumer group of its own until it has caught up with the end
+//! offsets seen at its start, then reports its digests and views.
+
+use crate::kafka::{KafkaConfig, KafkaConsumer};
+use crate::service::replica_group;
+use horizon_core::bus::{BusError, Consumer, TopicPartition};
+use horizon_core::pipeline::{Pipeline, Stage};
+use horizon_core::processor::StepOutcome;
+use horizon_core::projections::{Digests, Views};
+use horizon_core::scenario::Scenario;
+use horizon_core::topics;
+use std::time::{Duration, Instant};
+
+pub struct Replica {
+    pub digests: Digests,
+    pub views: Views,
+    /// Distinct events applied.
+    pub events: u64,
+    pub records_read: u64,
+}
+
+/// Builds the projections from the log up to the end offsets of now; fails after `timeout`.
+pub fn build(scenario: &Scenario, config: &KafkaConfig, group_prefix: &str, timeout: Duration) -> Result<Replica, BusError> {
+    let mut pipeline = Pipeline::new(scenario);
+    let inputs = pipeline.projections.inputs();
+    let group = replica_group(group_prefix, "digest");
+    let mut consumer = KafkaConsumer::new(config, &group, inputs)?;
+    consumer.set_poll_timing(Duration::from_millis(200), Duration::from_millis(5));
+    // The replica publishes nothing (projections have no outputs), but the loop needs a producer
+    // for dead letters, which the live projections stage has already written.
+    let mut producer = DiscardProducer;
+    let deadline = Instant::now() + timeout;
+    let mut ends = Vec::new();
+    for &topic in inputs {
+        for partition in 0..topics::partitions(topic) {
+            let tp = TopicPartition { topic, partition };
+            ends.push((tp, consumer.end_offset(tp)?));
+        }
+    }
+    let mut backoff = 0u32;
+    loop {
+        if Instant::now() >= deadline {
+            return Err(BusError::Unavailable(format!("the replica did not catch up within {timeout:?}")));
+        }
+        match Stage::step(&mut pipeline.projections, &mut consumer, &mut producer, 8192)? {
+            StepOutcome::Progress(_) => backoff = 0,
+            StepOutcome::Retry(e) => {
+                let delay = crate::service::Backoff::default().delay(backoff);
+                eprintln!("horizon: digest: {e}; retrying in {delay:?}");
+                backoff += 1;
+                std::thread::sleep(delay);
+            }
+            StepOutcome::Idle => {
+                let mut caught_up = true;
+                for (tp, end) in &ends {
+                    if consumer.committed(*tp)? < *end {
+                        caught_up = false;
+                        break;
+                    }
+                }
+                if caught_up {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(Replica {
+        digests: pipeline.digests(),
+        views: pipeline.views(),
+        events: pipeline.projections().map(|p| p.audit.len() as u64).unwrap_or(0),
+        records_read: pipeline.projections.stats.records_in,
+    })
+}
+
+/// Drops what it is given: the replica must not write dead letters a second time.
+struct DiscardProducer;
+
+impl horizon_core::bus::Producer for DiscardProducer {
+    fn send(&mut self, _topic: horizon_core::bus::Topic, _partition: u32, _key: &[u8], _value: &[u8]) -> Result<(), BusError> {
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), BusError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,160 @@
+//! `horizon run`: the long-lived service process on Apache Kafka, and `horizon digest`: a read
+//! replica built from the log on demand.
+
+use crate::sim_cmd::load_scenario;
+use horizon_runtime::api::{self, SharedSnapshot};
+use horizon_runtime::kafka::KafkaConfig;
+use horizon_runtime::notify::{CircuitBreaker, JsonlSink, Sink};
+use horizon_runtime::replica;
+use horizon_runtime::service::{stop_on_signals, Backoff, ServiceOptions, ServiceProcess, StageKind};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// Connection settings shared by the Kafka commands.
+#[derive(clap::Args, Clone)]
+pub struct KafkaArgs {
+    /// Bootstrap servers (host:port,...). Overrides bootstrap.servers of --config.
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// A Kafka client properties file (security.protocol, sasl.*, ssl.*, ...), passed through
+    /// to every client.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+impl KafkaArgs {
+    pub fn config(&self) -> Result<KafkaConfig, String> {
+        let mut c = match &self.config {
+            Some(path) => read_properties(path)?,
+            None => KafkaConfig::new(""),
+        };
+        if let Some(b) = &self.brokers {
+            c.bootstrap = b.clone();
+        }
+        if c.bootstrap.trim().is_empty() {
+            return Err("no brokers: pass --brokers HOST:PORT (or bootstrap.servers in --config)".into());
+        }
+        Ok(c)
+    }
+}
+
+fn read_properties(path: &Path) -> Result<KafkaConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // bootstrap.servers may come from --brokers instead.
+    let text = if text.lines().any(|l| l.trim_start().starts_with("bootstrap.servers")) {
+        text
+    } else {
+        format!("bootstrap.servers=\n{text}")
+    };
+    KafkaConfig::from_properties(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// The scenario whose symbols, portfolio, strategies, risk limits and users configure the
+    /// services (a file, or the name of a shipped one).
+    #[arg(long)]
+    pub scenario: String,
+    /// Stages to run: market, signals, portfolio (hosts risk and notification decisions),
+    /// projections, notify (delivers notifications to --notify-out).
+    #[arg(long, default_value = "market,signals,portfolio,projections")]
+    pub services: String,
+    /// Consumer groups are PREFIX.STAGE; processes with the same prefix share the work.
+    #[arg(long, default_value = "horizon")]
+    pub group_prefix: String,
+    /// Consumer group of the projections stage (default: one per process, a read replica).
+    #[arg(long)]
+    pub projections_group: Option<String>,
+    /// Serve /digest, /projections, /stats and /health on this address (127.0.0.1:8080; port 0
+    /// picks one and prints it).
+    #[arg(long)]
+    pub http: Option<String>,
+    /// Where the notify stage delivers, as JSON lines (default: stdout).
+    #[arg(long)]
+    pub notify_out: Option<PathBuf>,
+    /// Records per step of a stage.
+    #[arg(long, default_value_t = 4096)]
+    pub max_records: usize,
+}
+
+pub fn run(args: RunArgs) -> Result<(), String> {
+    let (_path, scenario) = load_scenario(&args.scenario)?;
+    let config = args.kafka.config()?;
+    let stages = StageKind::parse_list(&args.services)?;
+    let mut options = ServiceOptions::new(stages.clone(), args.group_prefix.clone());
+    options.projections_group = args.projections_group.clone();
+    options.max_records = args.max_records.max(1);
+    options.backoff = Backoff::default();
+    options.breaker = CircuitBreaker::new(5, Duration::from_secs(10));
+    if stages.contains(&StageKind::Notify) {
+        let sink: Box<dyn Sink> = match &args.notify_out {
+            Some(p) => Box::new(JsonlSink::file(p).map_err(|e| format!("--notify-out {}: {e}", p.display()))?),
+            None => Box::new(JsonlSink::stdout()),
+        };
+        options.sink = Some(sink);
+    }
+    let stop = stop_on_signals()?;
+    let mut process = ServiceProcess::new(&scenario, &config, options).map_err(|e| e.to_string())?;
+    let shared = SharedSnapshot::default();
+    let mut served = None;
+    if let Some(addr) = &args.http {
+        let server = api::serve(addr, shared.clone())?;
+        served = Some(server.addr);
+    }
+    eprintln!(
+        "horizon run: scenario {}, stages {}, group prefix {}, brokers {}{}",
+        scenario.name,
+        process.stages().join(","),
+        args.group_prefix,
+        config.bootstrap,
+        served.map(|a| format!(", query API on http://{a}")).unwrap_or_default()
+    );
+    let report = process.run(&stop, Some(&shared)).map_err(|e| e.to_string())?;
+    let summary = serde_json::to_string(&report).map_err(|e| e.to_string())?;
+    eprintln!(
+        "horizon run: stopped ({}): {summary}",
+        if stop.load(Ordering::SeqCst) { "signal" } else { "done" }
+    );
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct DigestArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// The scenario the deployment runs (its portfolio's initial cash enters the views).
+    #[arg(long)]
+    pub scenario: String,
+    /// Prefix of the replica's own consumer group.
+    #[arg(long, default_value = "horizon")]
+    pub group_prefix: String,
+    /// Give up when not caught up after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+    /// Print digests and views as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn digest(args: DigestArgs) -> Result<(), String> {
+    let (_path, scenario) = load_scenario(&args.scenario)?;
+    let config = args.kafka.config()?;
+    let r = replica::build(&scenario, &config, &args.group_prefix, Duration::from_secs(args.timeout)).map_err(|e| e.to_string())?;
+    if args.json {
+        let v = serde_json::json!({"digests": r.digests, "events": r.events, "records_read": r.records_read, "views": r.views});
+        println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+    } else {
+        println!("{} distinct events from {} records", r.events, r.records_read);
+        println!("projection digests");
+        println!("  bars           {}", r.digests.bars);
+        println!("  portfolio      {}", r.digests.portfolio);
+        println!("  risk           {}", r.digests.risk);
+        println!("  notifications  {}", r.digests.notifications);
+        println!("  audit          {}", r.digests.audit);
+        println!("  all            {}", r.digests.all);
+    }
+    Ok(())
+}
