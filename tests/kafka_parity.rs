@@ -47,22 +47,35 @@ struct Broker {
 
 impl Broker {
     fn start() -> Broker {
-        let port = (19600..19990)
-            .step_by(7)
-            .find(|&p| port_free(p) && port_free(p + 100))
-            .expect("no free port pair for a test broker");
-        let state = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kafka-parity-{port}"));
-        let mut b = Broker {
-            state,
-            port,
-            bootstrap: String::new(),
-        };
-        b.bootstrap = b.script(&["start", "--fresh", "--port", &port.to_string()]);
-        assert_eq!(b.bootstrap, format!("127.0.0.1:{port}"));
-        b
+        // Other test runs (another session's `cargo test`) may be starting brokers too: start
+        // from a port that depends on the process id, and move on when a start fails.
+        let offset = (std::process::id() as usize % 40) * 7;
+        let mut failures = Vec::new();
+        for port in (19600..19900).step_by(7).cycle().skip(offset / 7).take(40) {
+            if !(port_free(port) && port_free(port + 100)) {
+                continue;
+            }
+            let state = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kafka-parity-{port}"));
+            let mut b = Broker {
+                state,
+                port,
+                bootstrap: String::new(),
+            };
+            match b.try_script(&["start", "--fresh", "--port", &port.to_string()]) {
+                Ok(bootstrap) => {
+                    b.bootstrap = bootstrap;
+                    return b;
+                }
+                Err(e) => failures.push(e),
+            }
+            if failures.len() >= 3 {
+                break;
+            }
+        }
+        panic!("could not start a test broker:\n{}", failures.join("\n"));
     }
 
-    fn script(&self, args: &[&str]) -> String {
+    fn try_script(&self, args: &[&str]) -> Result<String, String> {
         let out = Command::new("bash")
             .arg(script())
             .args(args)
@@ -70,18 +83,23 @@ impl Broker {
             .env_remove("HORIZON_KAFKA_BOOTSTRAP")
             .output()
             .expect("run scripts/kafka");
-        assert!(
-            out.status.success(),
-            "scripts/kafka {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
+        if !out.status.success() {
+            return Err(format!(
+                "scripts/kafka {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
             .lines()
             .last()
             .unwrap_or_default()
             .trim()
-            .to_string()
+            .to_string())
+    }
+
+    fn script(&self, args: &[&str]) -> String {
+        self.try_script(args).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Stops the broker, keeping its data, and starts it again after `down`.
@@ -348,8 +366,10 @@ fn two_processes_in_one_group_one_killed_midway_and_restarted_give_the_same_proj
     std::thread::sleep(Duration::from_millis(500));
     let a2 = Service::start(&broker, "a-restarted", "parity-b");
     await_ok(feeding, "horizon feed");
+    let t0 = Instant::now();
     for s in [&b, &a2] {
         let d = s.await_digests(&want, Duration::from_secs(240));
+        eprintln!("{} reached the digests {:?} after the feed ended", s.name, t0.elapsed());
         assert_eq!(d["events"], want.events, "{}: the audit trail holds every event once", s.name);
         assert_eq!(
             d["events_by_type"]["portfolio_rebalanced"],
@@ -376,7 +396,9 @@ fn the_broker_stopped_and_restarted_midway_the_run_completes_with_the_same_proje
     broker.restart(Duration::from_secs(2));
     eprintln!("broker stopped and restarted");
     await_ok(feeding, "horizon feed");
+    let t0 = Instant::now();
     service.await_digests(&want, Duration::from_secs(240));
+    eprintln!("reached the digests {:?} after the feed ended", t0.elapsed());
     check_topics_against(&want, &broker.bootstrap);
     let (status, log) = service.stop();
     assert!(status.success(), "horizon run exited with {status}:\n{log}");

@@ -772,6 +772,24 @@ pub mod admin {
         wait_for_leaders(&admin, config.request_timeout)
     }
 
+    /// Creates one scratch topic (not one of the documented set) if it does not exist.
+    pub fn create_topic(config: &KafkaConfig, name: &str, partitions: i32) -> Result<(), BusError> {
+        let admin: AdminClient<DefaultClientContext> = config.client_config(&[], &[]).create().map_err(|e| bus_error(&e))?;
+        let options = AdminOptions::new()
+            .operation_timeout(Some(config.request_timeout))
+            .request_timeout(Some(config.request_timeout));
+        let new = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let results = futures_executor::block_on(admin.create_topics([&new], &options)).map_err(|e| bus_error(&e))?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => return Err(BusError::Unavailable(format!("creating topic {name}: {code}"))),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(())
+    }
+
     fn wait_for_leaders(admin: &AdminClient<DefaultClientContext>, timeout: Duration) -> Result<(), BusError> {
         let deadline = Instant::now() + timeout;
         loop {

@@ -1,6 +1,7 @@
 //! Edges of CipherHorizon: the Kafka backend, the service process and the query API.
 
 pub mod api;
+pub mod bench;
 pub mod gateway;
 pub mod kafka;
 pub mod notify;

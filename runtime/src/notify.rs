@@ -356,6 +356,15 @@ impl Stage for DeliveryStage {
         self.to_commit.clear();
     }
 
+    /// Delivery keeps no task state to snapshot: what was delivered is in the sink.
+    fn snapshot(&self) -> Vec<(u32, Vec<u8>)> {
+        Vec::new()
+    }
+
+    fn offer_snapshot(&mut self, _bytes: &[u8]) -> Result<u32, String> {
+        Err("the notify stage takes no snapshots (the sink remembers what it delivered)".into())
+    }
+
     fn stats(&self) -> &Stats {
         &self.stats
     }
@@ -364,6 +373,110 @@ impl Stage for DeliveryStage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use horizon_core::event::{EventType, Notification, Severity};
+    use horizon_core::memory::MemoryBus;
+    use horizon_core::time::Timestamp;
+    use std::sync::{Arc, Mutex};
+
+    /// A sink that fails while told to, and records what it delivered.
+    #[derive(Clone, Default)]
+    struct FlakySink {
+        failing: Arc<Mutex<bool>>,
+        delivered: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Sink for FlakySink {
+        fn deliver(&mut self, d: &Delivery) -> Result<(), String> {
+            if *self.failing.lock().unwrap() {
+                return Err("connection refused".into());
+            }
+            self.delivered.lock().unwrap().push(d.notification_id.clone());
+            Ok(())
+        }
+    }
+
+    fn notification(i: u32) -> Event {
+        Event::root(
+            format!("n{i}"),
+            "alice".into(),
+            Timestamp::from_millis(i as i64),
+            "portfolio",
+            Payload::Notification(Notification {
+                user_id: "alice".into(),
+                source_type: EventType::RiskThresholdCrossed,
+                source_event_id: format!("r{i}"),
+                symbol: "BTCUSDT".into(),
+                severity: Severity::Warning,
+                message: format!("m{i}"),
+            }),
+        )
+    }
+
+    #[test]
+    fn a_failing_sink_trips_the_breaker_and_every_notification_is_delivered_once_when_it_recovers() {
+        // Given notifications n0..n4 (n2 published twice) and a sink that is down
+        let bus = MemoryBus::new();
+        let mut producer = bus.producer();
+        for i in [0, 1, 2, 2, 3, 4] {
+            producer
+                .send(topics::NOTIFICATIONS, 0, b"alice", &notification(i).encode())
+                .unwrap();
+        }
+        let sink = FlakySink::default();
+        *sink.failing.lock().unwrap() = true;
+        let mut stage = DeliveryStage::new(Box::new(sink.clone()), CircuitBreaker::new(2, Duration::ZERO));
+        let mut consumer = bus.consumer("notify", "m", &INPUTS);
+        // When the stage is stepped while the sink fails
+        let mut retries = 0;
+        for _ in 0..6 {
+            if let StepOutcome::Retry(_) = stage.step(&mut consumer, &mut producer, 100).unwrap() {
+                retries += 1;
+            }
+        }
+        // Then nothing was delivered or committed, and the breaker opened
+        assert!(retries >= 3, "{retries}");
+        assert!(sink.delivered.lock().unwrap().is_empty());
+        assert_eq!(
+            bus.broker().committed(
+                "notify",
+                TopicPartition {
+                    topic: topics::NOTIFICATIONS,
+                    partition: 0
+                }
+            ),
+            0
+        );
+        assert!(stage.breaker.transitions.contains_key("closed->open"));
+        // When the sink recovers
+        *sink.failing.lock().unwrap() = false;
+        while stage.step(&mut consumer, &mut producer, 100).unwrap() != StepOutcome::Idle {}
+        // Then each notification was delivered once, in order, and everything is committed
+        assert_eq!(*sink.delivered.lock().unwrap(), vec!["n0", "n1", "n2", "n3", "n4"]);
+        assert_eq!(stage.counters.already_delivered, 1);
+        assert_eq!(
+            bus.broker().committed(
+                "notify",
+                TopicPartition {
+                    topic: topics::NOTIFICATIONS,
+                    partition: 0
+                }
+            ),
+            6
+        );
+        assert_eq!(stage.breaker.state(), BreakerState::Closed);
+        assert!(stage.breaker.transitions.contains_key("half-open->closed"));
+    }
+
+    #[test]
+    fn the_file_sink_remembers_what_it_delivered_across_restarts() {
+        let path = std::env::temp_dir().join(format!("horizon-notify-{}.jsonl", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let d = Delivery::from_event(&notification(7)).unwrap();
+        JsonlSink::file(&path).unwrap().deliver(&d).unwrap();
+        let mut again = JsonlSink::file(&path).unwrap();
+        assert!(again.delivered_before().contains("n7"));
+        let _ = std::fs::remove_file(&path);
+    }
 
     #[test]
     fn the_breaker_opens_after_consecutive_failures_half_opens_after_the_cooldown_and_closes_on_success() {

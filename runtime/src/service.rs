@@ -168,6 +168,13 @@ struct Member {
     last_error: Option<BusError>,
 }
 
+/// What one round of `step_round` did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Round {
+    pub progress: bool,
+    pub projections_moved: bool,
+}
+
 /// What a run did, for the exit report.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct ServiceReport {
@@ -285,6 +292,24 @@ impl ServiceProcess {
         }
     }
 
+    /// Steps every stage once (those backing off are skipped); when nobody could make progress
+    /// because every stage is backing off, sleeps until the earliest retry (bounded).
+    pub fn step_round(&mut self) -> Result<Round, BusError> {
+        let now = Instant::now();
+        let mut round = Round::default();
+        for i in 0..self.members.len() {
+            let moved = self.step_member(i, now)?;
+            round.progress |= moved;
+            round.projections_moved |= moved && self.members[i].kind == StageKind::Projections;
+        }
+        if !round.progress && self.members.iter().all(|m| m.not_before.is_some()) {
+            if let Some(t) = self.members.iter().filter_map(|m| m.not_before).min() {
+                std::thread::sleep(t.saturating_duration_since(Instant::now()).min(Duration::from_millis(200)));
+            }
+        }
+        Ok(round)
+    }
+
     /// Runs until `stop` is set, then finishes in-flight work and leaves the groups.
     pub fn run(&mut self, stop: &AtomicBool, snapshot: Option<&SharedSnapshot>) -> Result<ServiceReport, BusError> {
         let mut last_snapshot = Instant::now();
@@ -294,15 +319,8 @@ impl ServiceProcess {
             s.set(self.snapshot());
         }
         while !stop.load(Ordering::SeqCst) {
-            let now = Instant::now();
-            let mut progress = false;
-            for i in 0..self.members.len() {
-                let moved = self.step_member(i, now)?;
-                if moved && self.members[i].kind == StageKind::Projections {
-                    projections_dirty = true;
-                }
-                progress |= moved;
-            }
+            let round = self.step_round()?;
+            projections_dirty |= round.projections_moved;
             if let Some(s) = snapshot {
                 // Digests and views are computed from the whole projection state: refresh at
                 // most every `snapshot_every`, and never spend more than a fifth of the time on it.
@@ -312,16 +330,6 @@ impl ServiceProcess {
                     snapshot_gap = self.options.snapshot_every.max(started.elapsed() * 4);
                     last_snapshot = Instant::now();
                     projections_dirty = false;
-                }
-            }
-            if !progress {
-                // Everyone idle or backing off: sleep until the earliest retry (idle members
-                // already waited in their polls).
-                let next = self.members.iter().filter_map(|m| m.not_before).min();
-                let all_waiting = self.members.iter().all(|m| m.not_before.is_some());
-                if let (true, Some(t)) = (all_waiting, next) {
-                    let wait = t.saturating_duration_since(Instant::now()).min(Duration::from_millis(200));
-                    std::thread::sleep(wait);
                 }
             }
         }

@@ -1,0 +1,252 @@
+//! Kafka figures (`horizon bench kafka`, `benches/kafka.rs`): the whole pipeline on a real
+//! broker next to raw rdkafka produce-then-consume of the same records without processing.
+//!
+//! - throughput: every feed event published at full speed by a gateway thread while one service
+//!   process (all four stages, in this thread) runs; the clock stops when the projections have
+//!   applied every event the in-memory run of the same feed produces.
+//! - latency: the feed paced at a rate; every `probe_every`-th trade's publish instant is
+//!   recorded and its publish-to-projection latency (the trade applied by the projections stage)
+//!   goes into an hdrhistogram.
+//! - raw: the same encoded records produced to a scratch topic, flushed, then consumed back by a
+//!   plain consumer; records / (produce + consume time).
+//!
+//! Every run uses new consumer groups committed at the current end of their inputs, so earlier
+//! data on the broker is not re-read.
+
+use crate::kafka::{admin, KafkaConfig, KafkaProducer};
+use crate::service::{ServiceOptions, ServiceProcess, StageKind};
+use hdrhistogram::Histogram;
+use horizon_core::bus::{partition_for, BusError, Producer};
+use horizon_core::event::Event;
+use horizon_core::pipeline::{MemoryRun, Pipeline};
+use horizon_core::scenario::Scenario;
+use horizon_core::topics;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub const RAW_TOPIC: &str = "horizon.bench.raw";
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Throughput {
+    pub events: u64,
+    pub seconds: f64,
+    pub events_per_second: f64,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Latency {
+    pub rate: f64,
+    pub achieved_rate: f64,
+    pub probes: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+fn unique(what: &str) -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("bench-{what}-{}-{nanos}", std::process::id())
+}
+
+/// A service process with all four stages whose groups start at the current end of the log.
+fn fresh_process(scenario: &Scenario, config: &KafkaConfig) -> Result<ServiceProcess, BusError> {
+    let prefix = unique("pipeline");
+    let mut probe = Pipeline::new(scenario);
+    for stage in probe.stages() {
+        admin::commit_group_at_end(config, &format!("{prefix}.{}", stage.name()), stage.inputs())?;
+    }
+    let mut options = ServiceOptions::new(StageKind::PIPELINE.to_vec(), prefix.clone());
+    options.projections_group = Some(format!("{prefix}.projections"));
+    ServiceProcess::new(scenario, config, options)
+}
+
+fn applied(p: &ServiceProcess) -> u64 {
+    p.pipeline.projections().map(|x| x.audit.len() as u64).unwrap_or(0)
+}
+
+/// Publishes `events` (paced when `rate` is set) from a thread; sends (index, instant) of every
+/// `probe_every`-th event once its chunk is handed to the producer.
+fn gateway(
+    config: KafkaConfig,
+    events: Vec<Event>,
+    rate: Option<f64>,
+    probe_every: usize,
+    probes: mpsc::Sender<(usize, Instant)>,
+) -> std::thread::JoinHandle<Result<f64, BusError>> {
+    std::thread::spawn(move || {
+        let mut producer = KafkaProducer::new(&config)?;
+        let parts = topics::partitions(topics::MARKET_FEED);
+        let chunk = rate.map(|r| ((r / 1000.0) as usize).max(1)).unwrap_or(5000);
+        let start = Instant::now();
+        for (c, block) in events.chunks(chunk).enumerate() {
+            if let Some(r) = rate {
+                let due = start + Duration::from_secs_f64((c * chunk) as f64 / r);
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+            }
+            let now = Instant::now();
+            for (i, e) in block.iter().enumerate() {
+                let key = e.aggregate_id.as_bytes();
+                producer.send(topics::MARKET_FEED, partition_for(key, parts), key, &e.encode())?;
+                let index = c * chunk + i;
+                if probe_every > 0 && index.is_multiple_of(probe_every) {
+                    let _ = probes.send((index, now));
+                }
+            }
+            producer.flush()?;
+        }
+        Ok(events.len() as f64 / start.elapsed().as_secs_f64())
+    })
+}
+
+/// Sustained events per second through the whole pipeline.
+pub fn pipeline_throughput(scenario: &Scenario, config: &KafkaConfig, events: &[Event]) -> Result<Throughput, BusError> {
+    let want = MemoryRun::run(scenario, events.iter().cloned(), 8192)
+        .pipeline
+        .projections()
+        .map(|p| p.audit.len() as u64)
+        .unwrap_or(0);
+    let mut process = fresh_process(scenario, config)?;
+    // Let every group get its assignment before the clock starts.
+    let warm = Instant::now();
+    while warm.elapsed() < Duration::from_secs(3) {
+        process.step_round()?;
+    }
+    let (tx, _rx) = mpsc::channel();
+    let start = Instant::now();
+    let feeder = gateway(config.clone(), events.to_vec(), None, 0, tx);
+    while applied(&process) < want {
+        process.step_round()?;
+        if start.elapsed() > Duration::from_secs(600) {
+            return Err(BusError::Unavailable("the pipeline did not finish within 600 s".into()));
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    feeder.join().map_err(|_| BusError::Fatal("gateway thread panicked".into()))??;
+    Ok(Throughput {
+        events: events.len() as u64,
+        seconds,
+        events_per_second: events.len() as f64 / seconds,
+    })
+}
+
+/// Publish-to-projection latency of trades with the feed paced at `rate`.
+pub fn pipeline_latency(
+    scenario: &Scenario,
+    config: &KafkaConfig,
+    events: &[Event],
+    rate: f64,
+    probe_every: usize,
+) -> Result<Latency, BusError> {
+    let mut process = fresh_process(scenario, config)?;
+    let warm = Instant::now();
+    while warm.elapsed() < Duration::from_secs(3) {
+        process.step_round()?;
+    }
+    let (tx, rx) = mpsc::channel();
+    let feeder = gateway(config.clone(), events.to_vec(), Some(rate), probe_every, tx);
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    let mut pending: Vec<(usize, Instant)> = Vec::new();
+    let total_probes = events.len().div_ceil(probe_every.max(1));
+    let mut seen = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while seen < total_probes {
+        process.step_round()?;
+        pending.extend(rx.try_iter());
+        let now = Instant::now();
+        if let Some(p) = process.pipeline.projections() {
+            pending.retain(|(i, at)| {
+                if p.audit.contains_key(&events[*i].id) {
+                    let _ = hist.record((now - *at).as_micros().max(1) as u64);
+                    seen += 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        if now > deadline {
+            return Err(BusError::Unavailable("latency run did not finish within 600 s".into()));
+        }
+    }
+    let achieved = feeder.join().map_err(|_| BusError::Fatal("gateway thread panicked".into()))??;
+    Ok(Latency {
+        rate,
+        achieved_rate: achieved,
+        probes: hist.len(),
+        p50_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
+        p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+        max_ms: hist.max() as f64 / 1000.0,
+    })
+}
+
+/// Raw rdkafka: produce the records to a scratch topic, flush, consume them back.
+pub fn raw_roundtrip(config: &KafkaConfig, values: &[Vec<u8>]) -> Result<Throughput, BusError> {
+    let err = |e: rdkafka::error::KafkaError| BusError::Unavailable(e.to_string());
+    admin::create_topic(config, RAW_TOPIC, topics::partitions(topics::MARKET_FEED) as i32)?;
+    let mut base = ClientConfig::new();
+    base.set("bootstrap.servers", &config.bootstrap);
+    for (k, v) in &config.properties {
+        base.set(k, v);
+    }
+    let producer: BaseProducer = base
+        .clone()
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .create()
+        .map_err(err)?;
+    let consumer: BaseConsumer = base
+        .clone()
+        .set("group.id", unique("raw"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(err)?;
+    let parts = topics::partitions(topics::MARKET_FEED);
+    let mut starts = TopicPartitionList::new();
+    for p in 0..parts {
+        let (_, high) = consumer
+            .fetch_watermarks(RAW_TOPIC, p as i32, config.request_timeout)
+            .map_err(err)?;
+        starts
+            .add_partition_offset(RAW_TOPIC, p as i32, Offset::Offset(high))
+            .map_err(err)?;
+    }
+    consumer.assign(&starts).map_err(err)?;
+    let start = Instant::now();
+    for (i, v) in values.iter().enumerate() {
+        let key = (i % 64).to_string();
+        let mut record = BaseRecord::to(RAW_TOPIC).partition((i as u32 % parts) as i32).key(&key).payload(v);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    producer.poll(Duration::from_millis(5));
+                    record = back;
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60)).map_err(err)?;
+    let mut got = 0usize;
+    while got < values.len() {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(_)) => got += 1,
+            Some(Err(e)) => return Err(err(e)),
+            None if start.elapsed() > Duration::from_secs(300) => return Err(BusError::Unavailable("raw consume timed out".into())),
+            None => {}
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(Throughput {
+        events: values.len() as u64,
+        seconds,
+        events_per_second: values.len() as f64 / seconds,
+    })
+}

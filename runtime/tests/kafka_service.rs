@@ -1,0 +1,227 @@
+//! The service process on a real broker (`HORIZON_KAFKA_BOOTSTRAP`, else `scripts/kafka start`;
+//! a broker that cannot be started fails the tests): bad input goes to the dead-letter topic
+//! with its reason, original bytes and source, and processing continues.
+//!
+//! The topics are shared with other tests, so the market stage's group is new and starts at the
+//! end of `market.feed` (`admin::commit_group_at_end`), and only this test's records are checked.
+
+use horizon_core::bus::{partition_for, Consumer, Producer, TopicPartition};
+use horizon_core::event::{Event, Side, Trade};
+use horizon_core::feed::trade_event;
+use horizon_core::pipeline::MemoryRun;
+use horizon_core::processor::decode_dead_letter;
+use horizon_core::scenario::Scenario;
+use horizon_core::time::Timestamp;
+use horizon_core::{topics, Fixed};
+use horizon_runtime::kafka::{admin, KafkaConfig, KafkaConsumer, KafkaProducer};
+use horizon_runtime::service::{ServiceOptions, ServiceProcess, StageKind};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+fn bootstrap() -> String {
+    match std::env::var("HORIZON_KAFKA_BOOTSTRAP") {
+        Ok(b) if !b.trim().is_empty() => b.trim().to_string(),
+        _ => {
+            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka");
+            let out = Command::new("bash").arg(script).arg("start").output().expect("run scripts/kafka");
+            assert!(
+                out.status.success(),
+                "scripts/kafka start failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        }
+    }
+}
+
+fn scenario() -> Scenario {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/chop.toml");
+    Scenario::from_toml(&std::fs::read_to_string(path).unwrap(), path).unwrap()
+}
+
+fn trade(id: &str, price: Fixed, quantity: Fixed) -> Event {
+    trade_event(Trade {
+        symbol: "BTCUSDT".into(),
+        exchange: "SIM".into(),
+        trade_id: id.into(),
+        price,
+        quantity,
+        aggressor_side: Side::Buy,
+        ts_exchange: Timestamp::from_millis(1_714_521_600_000),
+    })
+}
+
+/// The encoding with top-level field `field` removed (protobuf wire format, varint and
+/// length-delimited fields only, as in a DomainEvent).
+fn without_field(bytes: &[u8], field: u64) -> Vec<u8> {
+    fn varint(b: &[u8], at: &mut usize) -> u64 {
+        let (mut v, mut shift) = (0u64, 0);
+        loop {
+            let byte = b[*at];
+            *at += 1;
+            v |= ((byte & 0x7f) as u64) << shift;
+            if byte & 0x80 == 0 {
+                return v;
+            }
+            shift += 7;
+        }
+    }
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let start = at;
+        let tag = varint(bytes, &mut at);
+        match tag & 7 {
+            0 => {
+                varint(bytes, &mut at);
+            }
+            2 => {
+                let len = varint(bytes, &mut at) as usize;
+                at += len;
+            }
+            w => panic!("unexpected wire type {w}"),
+        }
+        if tag >> 3 != field {
+            out.extend_from_slice(&bytes[start..at]);
+        }
+    }
+    out
+}
+
+#[test]
+fn bad_records_go_to_the_dead_letter_topic_with_reason_bytes_and_source_and_processing_continues() {
+    let b = bootstrap();
+    admin::create_topics(&b, &BTreeMap::new(), 1, None).unwrap();
+    let cfg = KafkaConfig::new(b.as_str());
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let prefix = format!("rt-deadletter-{}-{nanos}", std::process::id());
+    admin::commit_group_at_end(&cfg, &format!("{prefix}.market"), &[topics::MARKET_FEED]).unwrap();
+
+    // Given a real rebalance event, re-labelled as market data by dropping its type field (an
+    // absent type reads as MARKET_DATA_RECEIVED)
+    let s = scenario();
+    let run = MemoryRun::run(
+        &s,
+        horizon_core::generator::MarketGenerator::new(&s, s.seed).unwrap().map(trade_event),
+        8192,
+    );
+    let rebalance = run
+        .bus
+        .broker()
+        .read(
+            TopicPartition {
+                topic: topics::PORTFOLIO,
+                partition: partition_for(s.portfolio.id.as_bytes(), 3),
+            },
+            0,
+            1,
+        )
+        .remove(0)
+        .value
+        .to_vec();
+    let mismatched = without_field(&rebalance, 3);
+    let marker = format!("dl-{nanos}");
+    let valid = trade(&format!("{marker}-ok"), Fixed::from_int(60_000), Fixed::ONE).encode();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("garbage", b"\xff\xfe not a protobuf \x00\x01".to_vec(), ""),
+        ("truncated", valid[..valid.len() / 2].to_vec(), ""),
+        ("type/payload mismatch", mismatched, "MARKET_DATA_RECEIVED"),
+        (
+            "negative price",
+            trade(&format!("{marker}-neg"), Fixed::from_int(-5), Fixed::ONE).encode(),
+            "price must be positive",
+        ),
+        (
+            "zero quantity",
+            trade(&format!("{marker}-zero"), Fixed::from_int(60_000), Fixed::ZERO).encode(),
+            "quantity must be positive",
+        ),
+    ];
+    // When they are published to market.feed, followed by a valid trade, all on one partition
+    let partition = partition_for(marker.as_bytes(), topics::partitions(topics::MARKET_FEED));
+    let tp = TopicPartition {
+        topic: topics::MARKET_FEED,
+        partition,
+    };
+    let mut reader = KafkaConsumer::new(&cfg, &format!("{prefix}.reader"), &[topics::DEADLETTER]).unwrap();
+    let first = reader.end_offset(tp).unwrap();
+    let dl_start = reader
+        .end_offset(TopicPartition {
+            topic: topics::DEADLETTER,
+            partition: 0,
+        })
+        .unwrap();
+    let mut producer = KafkaProducer::new(&cfg).unwrap();
+    for (_, bytes, _) in &cases {
+        producer.send(topics::MARKET_FEED, partition, marker.as_bytes(), bytes).unwrap();
+    }
+    producer.send(topics::MARKET_FEED, partition, marker.as_bytes(), &valid).unwrap();
+    producer.flush().unwrap();
+
+    // And the market stage runs
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = Arc::clone(&stop);
+    let cfg2 = cfg.clone();
+    let prefix2 = prefix.clone();
+    let service = std::thread::spawn(move || {
+        let mut p = ServiceProcess::new(&scenario(), &cfg2, ServiceOptions::new(vec![StageKind::Market], prefix2)).unwrap();
+        let report = p.run(&stop2, None).unwrap();
+        (report, p.pipeline.market.stats.clone())
+    });
+
+    // Then each bad record has a dead letter naming its source, with its bytes and the reason
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let ours = loop {
+        assert!(Instant::now() < deadline, "dead letters did not arrive");
+        let end = reader
+            .end_offset(TopicPartition {
+                topic: topics::DEADLETTER,
+                partition: 0,
+            })
+            .unwrap();
+        let letters: Vec<_> = reader
+            .fetch(
+                TopicPartition {
+                    topic: topics::DEADLETTER,
+                    partition: 0,
+                },
+                dl_start,
+                end,
+            )
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| decode_dead_letter(&r.value))
+            .filter(|d| d.source_topic == topics::MARKET_FEED && d.source_partition == partition && d.source_offset >= first)
+            .collect();
+        if letters.len() >= cases.len() {
+            break letters;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    stop.store(true, Ordering::SeqCst);
+    let (report, stats) = service.join().unwrap();
+    let mut by_offset: BTreeMap<u64, _> = ours.into_iter().map(|d| (d.source_offset, d)).collect();
+    for (i, (what, bytes, reason)) in cases.iter().enumerate() {
+        let d = by_offset
+            .remove(&(first + i as u64))
+            .unwrap_or_else(|| panic!("no dead letter for the {what} record"));
+        assert_eq!(d.original.as_ref(), bytes.as_slice(), "{what}: original bytes");
+        assert_eq!(d.service, "market", "{what}");
+        assert!(!d.reason.is_empty() && d.reason.contains(reason), "{what}: reason `{}`", d.reason);
+        eprintln!("{what:<22} -> dead letter: {}", d.reason);
+    }
+    assert!(by_offset.is_empty(), "the valid trade was not dead-lettered: {by_offset:?}");
+    // And processing went on past them: the valid trade was handled
+    assert_eq!(stats.records_in, cases.len() as u64 + 1, "{report:?}");
+    assert_eq!(stats.dead_letters, cases.len() as u64);
+    assert!(report.unsettled_at_exit.is_empty());
+}

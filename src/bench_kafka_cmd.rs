@@ -1,0 +1,75 @@
+//! `horizon bench kafka`: the whole pipeline on a real broker next to raw rdkafka
+//! (see `horizon_runtime::bench`).
+
+use crate::run_cmd::KafkaArgs;
+use crate::sim_cmd::load_scenario;
+use horizon_core::event::Event;
+use horizon_core::feed;
+use horizon_core::generator::MarketGenerator;
+use horizon_runtime::bench;
+
+#[derive(clap::Args)]
+pub struct BenchKafkaArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Scenario whose generator makes the trades (run for as long as needed).
+    #[arg(long, default_value = "chop")]
+    pub scenario: String,
+    /// Trades for the throughput runs.
+    #[arg(long, default_value_t = 300_000)]
+    pub events: usize,
+    /// Paced rates (events/s) for the latency runs, each for about 10 s.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    pub rates: Vec<f64>,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: BenchKafkaArgs) -> Result<(), String> {
+    let (_path, mut scenario) = load_scenario(&args.scenario)?;
+    if let Some(g) = scenario.market.generator.as_mut() {
+        g.duration = "30d".into();
+    }
+    let events: Vec<Event> = MarketGenerator::new(&scenario, scenario.seed)
+        .ok_or("the scenario has no generator")?
+        .map(feed::trade_event)
+        .take(args.events)
+        .collect();
+    let config = args.kafka.config()?;
+    let values: Vec<Vec<u8>> = events.iter().map(|e| e.encode()).collect();
+    let raw = bench::raw_roundtrip(&config, &values).map_err(|e| format!("raw rdkafka: {e}"))?;
+    let pipeline = bench::pipeline_throughput(&scenario, &config, &events).map_err(|e| format!("pipeline: {e}"))?;
+    let mut latencies = Vec::new();
+    for &rate in &args.rates {
+        let n = ((rate * 10.0) as usize).clamp(1000, events.len());
+        let probe_every = (n / 20_000).max(1);
+        latencies.push(
+            bench::pipeline_latency(&scenario, &config, &events[..n], rate, probe_every)
+                .map_err(|e| format!("latency at {rate}/s: {e}"))?,
+        );
+    }
+    let ratio = pipeline.events_per_second / raw.events_per_second;
+    if args.json {
+        let v = serde_json::json!({"raw_rdkafka": raw, "pipeline": pipeline, "pipeline_over_raw": ratio, "latency": latencies});
+        println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    println!("kafka at {} ({} trades of {})", config.bootstrap, events.len(), scenario.name);
+    println!(
+        "  raw rdkafka produce-then-consume  {:>10.0} records/s ({:.2} s)",
+        raw.events_per_second, raw.seconds
+    );
+    println!(
+        "  whole pipeline (4 stages)         {:>10.0} events/s  ({:.2} s)",
+        pipeline.events_per_second, pipeline.seconds
+    );
+    println!("  pipeline / raw                    {:>10.2}", ratio);
+    for l in &latencies {
+        println!(
+            "  publish-to-projection at {:>7.0}/s (achieved {:>7.0}/s): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} probes)",
+            l.rate, l.achieved_rate, l.p50_ms, l.p99_ms, l.max_ms, l.probes
+        );
+    }
+    Ok(())
+}
