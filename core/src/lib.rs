@@ -32,5 +32,6 @@ pub mod scenario;
 pub mod sequencer;
 pub mod service;
 pub mod signals;
+pub mod snapshot;
 pub mod topics;
 pub mod wire;

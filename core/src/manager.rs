@@ -45,6 +45,7 @@ impl ManagerConfig {
 }
 
 /// One portfolio's decision state.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Desk {
     sequencer: Sequencer<Event>,
     pub portfolio: Portfolio,
@@ -154,7 +155,7 @@ impl Desk {
     }
 }
 
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 pub struct ManagerState {
     pub desks: BTreeMap<String, Desk>,
 }
@@ -171,6 +172,14 @@ impl PortfolioManager {
 
 impl Service for PortfolioManager {
     type State = ManagerState;
+
+    fn encode_state(&self, state: &Self::State) -> Option<Vec<u8>> {
+        crate::snapshot::state_to_json(state)
+    }
+
+    fn decode_state(&self, bytes: &[u8]) -> Option<Self::State> {
+        crate::snapshot::state_from_json(bytes)
+    }
 
     fn name(&self) -> &'static str {
         NAME

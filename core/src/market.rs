@@ -13,7 +13,7 @@ use crate::scenario::Scenario;
 use crate::service::{Output, Rejection, Service};
 use crate::time::Timestamp;
 use crate::topics;
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub const NAME: &str = "market";
 
@@ -37,26 +37,25 @@ impl MarketConfig {
 }
 
 /// One bar being built.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct OpenBar {
     bar: Bar,
     open_ts: Timestamp,
     close_ts: Timestamp,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct BarSeries {
     open: Option<OpenBar>,
     next_seq: u64,
     last_close: Option<Fixed>,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct SymbolState {
-    // 64-bit fingerprints of recent trade ids: no allocation per trade. Membership only; never
-    // iterated, so the set's order cannot reach an output.
+    // 64-bit fingerprints of recent trade ids: no allocation per trade.
     recent_ids: VecDeque<u64>,
-    recent_set: HashSet<u64>,
+    recent_set: BTreeSet<u64>,
     series: BTreeMap<i64, BarSeries>,
 }
 
@@ -75,7 +74,7 @@ fn fingerprint(parts: &[&[u8]]) -> u64 {
 }
 
 /// Counters a run reports; part of the state so a restored task counts the same.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MarketCounters {
     pub trades_accepted: u64,
     pub duplicates_dropped: u64,
@@ -84,7 +83,7 @@ pub struct MarketCounters {
     pub bars_filled: u64,
 }
 
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 pub struct MarketState {
     symbols: BTreeMap<String, SymbolState>,
     pub counters: MarketCounters,
@@ -292,6 +291,14 @@ fn emit(out: &mut Vec<Output>, cause: &Event, index: &mut u32, bar: Bar) {
 
 impl Service for MarketService {
     type State = MarketState;
+
+    fn encode_state(&self, state: &Self::State) -> Option<Vec<u8>> {
+        crate::snapshot::state_to_json(state)
+    }
+
+    fn decode_state(&self, bytes: &[u8]) -> Option<Self::State> {
+        crate::snapshot::state_from_json(bytes)
+    }
 
     fn name(&self) -> &'static str {
         NAME

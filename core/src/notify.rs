@@ -11,21 +11,21 @@ use crate::time::{parse_duration_ms, Timestamp};
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct User {
     config: UserConfig,
     window_ms: i64,
     sent: VecDeque<(Timestamp, String)>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct NotifierCounters {
     pub sent: u64,
     pub rate_limited: u64,
     pub deduplicated: u64,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Notifier {
     users: Vec<User>,
     pub counters: NotifierCounters,

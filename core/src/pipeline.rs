@@ -23,6 +23,14 @@ pub trait Stage {
     fn step(&mut self, consumer: &mut dyn Consumer, producer: &mut dyn Producer, max_records: usize) -> Result<StepOutcome, BusError>;
     /// Loses all in-memory state, as a crashed process does.
     fn crash(&mut self);
+    /// Snapshots of its tasks (see `Processor::snapshot`); none by default.
+    fn snapshot(&self) -> Vec<(u32, Vec<u8>)> {
+        Vec::new()
+    }
+    /// Offers a snapshot for the next restore of its task (see `Processor::offer_snapshot`).
+    fn offer_snapshot(&mut self, _bytes: &[u8]) -> Result<u32, String> {
+        Err(format!("`{}` does not restore from snapshots", self.name()))
+    }
     fn stats(&self) -> &Stats;
 }
 
@@ -38,6 +46,12 @@ impl<S: Service> Stage for Processor<S> {
     }
     fn crash(&mut self) {
         Processor::crash(self)
+    }
+    fn snapshot(&self) -> Vec<(u32, Vec<u8>)> {
+        Processor::snapshot(self)
+    }
+    fn offer_snapshot(&mut self, bytes: &[u8]) -> Result<u32, String> {
+        Processor::offer_snapshot(self, bytes)
     }
     fn stats(&self) -> &Stats {
         &self.stats
@@ -72,6 +86,11 @@ impl Pipeline {
     /// The stages in flow order.
     pub fn stages(&mut self) -> [&mut dyn Stage; 4] {
         [&mut self.market, &mut self.signals, &mut self.manager, &mut self.projections]
+    }
+
+    /// The stages in flow order, read-only.
+    pub fn stages_ref(&self) -> [&dyn Stage; 4] {
+        [&self.market, &self.signals, &self.manager, &self.projections]
     }
 
     /// The projection state (task 0 holds every partition).
@@ -244,5 +263,109 @@ pub fn summarize(s: &Scenario, seed: u64, feed_events: u64, p: &Pipeline) -> Run
         portfolio: views.portfolios.get(&s.portfolio.id).cloned(),
         digests: p.digests(),
         stats,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generator::MarketGenerator;
+
+    fn scenario() -> Scenario {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/flash-crash.toml");
+        Scenario::from_toml(&std::fs::read_to_string(path).unwrap(), path).unwrap()
+    }
+
+    /// Crashes every stage, offers it `snapshots`, and has it rejoin its group so its tasks
+    /// are restored the way a restarted process restores them.
+    fn crash_and_recover(run: &mut MemoryRun, snapshots: &[Vec<(u32, Vec<u8>)>]) {
+        let names: Vec<(&'static str, &'static [Topic])> = run.pipeline.stages().iter().map(|s| (s.name(), s.inputs())).collect();
+        for (i, stage) in run.pipeline.stages().into_iter().enumerate() {
+            stage.crash();
+            for (_, bytes) in &snapshots[i] {
+                stage.offer_snapshot(bytes).unwrap();
+            }
+        }
+        for (i, (name, inputs)) in names.into_iter().enumerate() {
+            run.bus.broker_mut().leave(name, "member-0");
+            run.consumers[i] = run.bus.consumer(name, "member-0", inputs);
+        }
+    }
+
+    #[test]
+    fn snapshot_plus_tail_recovers_exactly_what_a_full_replay_does() {
+        let s = scenario();
+        let events: Vec<Event> = MarketGenerator::new(&s, s.seed).unwrap().map(crate::feed::trade_event).collect();
+        let reference = MemoryRun::run(&s, events.clone(), 4096).pipeline.digests();
+        let (a, b) = (events.len() / 2, events.len() * 3 / 4);
+
+        // Given a run that snapshotted half-way and went on,
+        let mut with_snapshots = MemoryRun::new(&s);
+        with_snapshots.feed(&events[..a]);
+        with_snapshots.settle();
+        let snaps: Vec<_> = with_snapshots.pipeline.stages().iter().map(|st| st.snapshot()).collect();
+        assert!(snaps.iter().all(|s| !s.is_empty()), "every stage snapshots");
+        with_snapshots.feed(&events[a..b]);
+        with_snapshots.settle();
+        // and one that did not,
+        let mut replay_only = MemoryRun::new(&s);
+        replay_only.feed(&events[..b]);
+        replay_only.settle();
+
+        // when both crash and recover (from snapshot + tail, and from a full replay),
+        crash_and_recover(&mut with_snapshots, &snaps);
+        crash_and_recover(&mut replay_only, &vec![Vec::new(); 4]);
+        with_snapshots.settle();
+        replay_only.settle();
+
+        // then their recovered states are identical, and so is everything after.
+        let states = |r: &MemoryRun| -> Vec<Vec<u8>> {
+            r.pipeline
+                .stages_ref()
+                .iter()
+                .flat_map(|st| st.snapshot().into_iter().map(|(_, b)| b))
+                .collect()
+        };
+        assert_eq!(states(&with_snapshots), states(&replay_only));
+        let used: u64 = with_snapshots
+            .pipeline
+            .stages_ref()
+            .iter()
+            .map(|st| st.stats().snapshots_used)
+            .sum();
+        assert_eq!(
+            used,
+            snaps.iter().map(|s| s.len() as u64).sum::<u64>(),
+            "every task restored from its snapshot"
+        );
+        for r in [&mut with_snapshots, &mut replay_only] {
+            r.feed(&events[b..]);
+            r.settle();
+            assert_eq!(r.pipeline.digests(), reference);
+        }
+        let replayed = |r: &MemoryRun| -> u64 { r.pipeline.stages_ref().iter().map(|st| st.stats().restored_records).sum() };
+        assert!(
+            replayed(&with_snapshots) < replayed(&replay_only) / 2,
+            "{} vs {}",
+            replayed(&with_snapshots),
+            replayed(&replay_only)
+        );
+    }
+
+    #[test]
+    fn a_snapshot_of_another_service_or_version_is_refused() {
+        let s = scenario();
+        let mut run = MemoryRun::run(
+            &s,
+            MarketGenerator::new(&s, s.seed).unwrap().take(2000).map(crate::feed::trade_event),
+            500,
+        );
+        let market_snap = run.pipeline.market.snapshot();
+        let err = run.pipeline.signals.offer_snapshot(&market_snap[0].1).unwrap_err();
+        assert!(err.contains("`market`"), "{err}");
+        let mut v: serde_json::Value = serde_json::from_slice(&market_snap[0].1).unwrap();
+        v["version"] = serde_json::json!(99);
+        let err = run.pipeline.market.offer_snapshot(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(err.contains("99"), "{err}");
     }
 }

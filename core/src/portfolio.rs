@@ -36,13 +36,13 @@ impl PortfolioConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Holding {
     pub quantity: Fixed,
     pub avg_price: Fixed,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Portfolio {
     pub id: String,
     pub cash: Fixed,

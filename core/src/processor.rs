@@ -29,6 +29,8 @@ pub struct Stats {
     pub outputs: u64,
     pub dead_letters: u64,
     pub restored_records: u64,
+    pub snapshots_used: u64,
+    pub snapshots_discarded: u64,
     pub redelivered_skipped: u64,
     pub publish_retries: u64,
     pub commits: u64,
@@ -55,11 +57,15 @@ struct Task<St> {
     state: St,
     /// Next offset to apply per partition; older records are redeliveries.
     next: BTreeMap<TopicPartition, u64>,
+    /// Offsets the state already covers when it came from a snapshot: replay starts there.
+    base: BTreeMap<TopicPartition, u64>,
 }
 
 pub struct Processor<S: Service> {
     service: S,
     tasks: BTreeMap<u32, Task<S::State>>,
+    /// Snapshots offered by the driver, used when their task is next restored.
+    offered: BTreeMap<u32, Task<S::State>>,
     /// Assigned partitions whose replay has not finished (a fetch failed part-way); nothing is
     /// polled until they are restored.
     restoring: Vec<TopicPartition>,
@@ -76,6 +82,7 @@ impl<S: Service> Processor<S> {
         Processor {
             service,
             tasks: BTreeMap::new(),
+            offered: BTreeMap::new(),
             restoring: Vec::new(),
             replayed: BTreeMap::new(),
             pending: Vec::new(),
@@ -146,9 +153,54 @@ impl<S: Service> Processor<S> {
         }
     }
 
+    /// Snapshots of every task this member owns, each with the offsets its state covers. Only
+    /// when settled (everything handled is published and committed), so a snapshot never holds
+    /// effects that could still be lost; empty when the service does not snapshot.
+    pub fn snapshot(&self) -> Vec<(u32, Vec<u8>)> {
+        if !self.is_settled() || !self.restoring.is_empty() {
+            return Vec::new();
+        }
+        self.tasks
+            .iter()
+            .filter_map(|(id, t)| {
+                let state = self.service.encode_state(&t.state)?;
+                Some((*id, crate::snapshot::encode(self.service.name(), *id, &t.next, &state)))
+            })
+            .collect()
+    }
+
+    /// Offers a snapshot: the next restore of its task starts from it and replays only the
+    /// partitions' tails. A snapshot of another service or version is refused with the reason.
+    pub fn offer_snapshot(&mut self, bytes: &[u8]) -> Result<u32, String> {
+        let snap = crate::snapshot::decode(bytes)?;
+        if snap.service != self.service.name() {
+            return Err(format!("a snapshot of `{}`, not of `{}`", snap.service, self.service.name()));
+        }
+        let state = self
+            .service
+            .decode_state(snap.state.get().as_bytes())
+            .ok_or_else(|| format!("`{}` cannot read this snapshot's state", snap.service))?;
+        let mut base = BTreeMap::new();
+        for (topic, partition, offset) in snap.offsets {
+            let topic = crate::topics::by_name(&topic).ok_or_else(|| format!("the snapshot covers an unknown topic `{topic}`"))?;
+            base.insert(TopicPartition { topic, partition }, offset);
+        }
+        self.stats.snapshots_used += 1;
+        self.offered.insert(
+            snap.task,
+            Task {
+                state,
+                next: BTreeMap::new(),
+                base,
+            },
+        );
+        Ok(snap.task)
+    }
+
     /// Drops all in-memory state, as a crash would.
     pub fn crash(&mut self) {
         self.tasks.clear();
+        self.offered.clear();
         self.restoring.clear();
         self.replayed.clear();
         self.pending.clear();
@@ -259,11 +311,37 @@ impl<S: Service> Processor<S> {
         while let Some(&tp) = self.restoring.first() {
             let committed = consumer.committed(tp)?;
             let task_id = self.service.task(tp);
-            let task = self.tasks.entry(task_id).or_insert_with(|| Task {
-                state: S::State::default(),
-                next: BTreeMap::new(),
-            });
-            let mut from = self.replayed.get(&tp).copied().unwrap_or(0);
+            if !self.tasks.contains_key(&task_id) {
+                let task = self.offered.remove(&task_id).unwrap_or_else(|| Task {
+                    state: S::State::default(),
+                    next: BTreeMap::new(),
+                    base: BTreeMap::new(),
+                });
+                self.tasks.insert(task_id, task);
+            }
+            let task = self.tasks.get_mut(&task_id).expect("inserted above");
+            if task.base.get(&tp).is_some_and(|b| *b > committed) {
+                // The snapshot is ahead of the group's commit (the log or the offsets were reset):
+                // it cannot be trusted. Rebuild this task from the start.
+                let done: Vec<TopicPartition> = task.next.keys().copied().collect();
+                *task = Task {
+                    state: S::State::default(),
+                    next: BTreeMap::new(),
+                    base: BTreeMap::new(),
+                };
+                self.stats.snapshots_discarded += 1;
+                self.restoring.extend(done);
+                let redo: Vec<TopicPartition> = self
+                    .replayed
+                    .keys()
+                    .filter(|p| self.service.task(**p) == task_id)
+                    .copied()
+                    .collect();
+                for p in redo {
+                    self.replayed.remove(&p);
+                }
+            }
+            let mut from = self.replayed.get(&tp).copied().or_else(|| task.base.get(&tp).copied()).unwrap_or(0);
             while from < committed {
                 let to = (from + RESTORE_CHUNK).min(committed);
                 let records = consumer.fetch(tp, from, to)?;

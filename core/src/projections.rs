@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 pub const NAME: &str = "projections";
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct AuditEntry {
     pub event_type: EventType,
     pub aggregate_id: String,
@@ -29,7 +29,7 @@ pub struct AuditEntry {
     pub correlation_id: String,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct SignalRow {
     pub ts: Timestamp,
     pub direction: crate::event::Direction,
@@ -38,7 +38,7 @@ pub struct SignalRow {
     pub changed: bool,
 }
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct PortfolioLog {
     /// Rebalances by "time id".
     pub rebalances: BTreeMap<String, (Timestamp, Rebalance)>,
@@ -47,7 +47,7 @@ pub struct PortfolioLog {
     pub signals_changed: BTreeMap<String, BTreeMap<Timestamp, SignalRow>>,
 }
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct Projections {
     pub bars: BTreeMap<String, BTreeMap<String, BTreeMap<Timestamp, Bar>>>,
     pub portfolios: BTreeMap<String, PortfolioLog>,
@@ -372,6 +372,14 @@ impl ProjectionService {
 
 impl Service for ProjectionService {
     type State = Projections;
+
+    fn encode_state(&self, state: &Self::State) -> Option<Vec<u8>> {
+        crate::snapshot::state_to_json(state)
+    }
+
+    fn decode_state(&self, bytes: &[u8]) -> Option<Self::State> {
+        crate::snapshot::state_from_json(bytes)
+    }
 
     fn name(&self) -> &'static str {
         NAME

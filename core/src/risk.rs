@@ -11,7 +11,7 @@ use crate::fixed::Fixed;
 use crate::scenario::RiskConfig;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct RiskMonitor {
     portfolio_id: String,
     config: RiskConfig,

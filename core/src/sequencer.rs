@@ -9,7 +9,7 @@
 use crate::time::Timestamp;
 use std::collections::{BTreeMap, VecDeque};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Source<T> {
     next_seq: u64,
     ready: VecDeque<(Timestamp, T)>,
@@ -33,7 +33,7 @@ pub enum Admit {
     UnknownSource,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Sequencer<T> {
     sources: BTreeMap<String, Source<T>>,
 }

@@ -42,4 +42,15 @@ pub trait Service {
     }
 
     fn handle(&self, state: &mut Self::State, event: &Event, out: &mut Vec<Output>) -> Result<(), Rejection>;
+
+    /// A task's state as bytes for a snapshot; `None` when the service does not snapshot (its
+    /// tasks are then always restored by replaying their partitions from the start).
+    fn encode_state(&self, _state: &Self::State) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// The inverse of `encode_state`; `None` if the bytes are not a state of this service.
+    fn decode_state(&self, _bytes: &[u8]) -> Option<Self::State> {
+        None
+    }
 }

@@ -46,7 +46,7 @@ impl SignalConfig {
 /// (Rounding alpha to 8 decimals, or the state at every step, would put the EMA off the exact
 /// one by up to 1e-4 on a month of 15-minute BTC bars; `scripts/crosscheck.py` checks this
 /// against pandas and a 50-digit decimal recursion.)
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Ema {
     /// `span + 1`: alpha is `2 / divisor`.
     divisor: i128,
@@ -102,7 +102,7 @@ impl Ema {
 }
 
 /// Fast EMA above slow EMA is long, below is short; strength grows with the spread.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct EmaCrossover {
     config: EmaCrossoverConfig,
     fast: Ema,
@@ -139,7 +139,7 @@ impl EmaCrossover {
 /// A Donchian channel breakout filtered by average true range: a close beyond the previous
 /// `lookback` bars' high (low) by `atr_multiple` ATRs goes long (short); the position is held
 /// until the close crosses back through the channel's middle.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Breakout {
     config: BreakoutConfig,
     highs: VecDeque<Fixed>,
@@ -203,7 +203,7 @@ impl Breakout {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct SymbolSignals {
     next_seq: u64,
     ema: Option<EmaCrossover>,
@@ -211,7 +211,7 @@ struct SymbolSignals {
     direction: Direction,
 }
 
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 pub struct SignalState {
     symbols: BTreeMap<String, SymbolSignals>,
     pub duplicates_dropped: u64,
@@ -253,6 +253,14 @@ impl SignalService {
 
 impl Service for SignalService {
     type State = SignalState;
+
+    fn encode_state(&self, state: &Self::State) -> Option<Vec<u8>> {
+        crate::snapshot::state_to_json(state)
+    }
+
+    fn decode_state(&self, bytes: &[u8]) -> Option<Self::State> {
+        crate::snapshot::state_from_json(bytes)
+    }
 
     fn name(&self) -> &'static str {
         NAME
