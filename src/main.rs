@@ -5,6 +5,7 @@
 //! one line on stderr and a non-zero exit, never a panic trace.
 
 mod audit_cmd;
+mod explore_cmd;
 mod feed_cmd;
 mod run_cmd;
 mod query_cmd;
@@ -47,6 +48,15 @@ enum Command {
     Digest(run_cmd::DigestArgs),
     /// A read model as of now or of a past point (time travel), from an audit log.
     Query(query_cmd::QueryArgs),
+    /// Run many seeds of the deterministic simulator on every core; list failures by invariant.
+    Explore(explore_cmd::ExploreArgs),
+    /// Run one simulator seed again (same trace digest) and print its schedule.
+    Replay(explore_cmd::ReplayArgs),
+    /// Shrink a failing simulator seed's fault schedule to a minimal one.
+    Shrink(explore_cmd::ShrinkArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(explore_cmd::BenchCommand),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +78,10 @@ fn main() -> ExitCode {
         Command::Topics(cmd) => topics_cmd::run(cmd),
         Command::Digest(args) => run_cmd::digest(args),
         Command::Query(args) => query_cmd::run(args),
+        Command::Explore(args) => explore_cmd::run_explore(args),
+        Command::Replay(args) => explore_cmd::run_replay(args),
+        Command::Shrink(args) => explore_cmd::run_shrink(args),
+        Command::Bench(cmd) => explore_cmd::run_bench(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

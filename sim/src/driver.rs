@@ -316,11 +316,18 @@ impl Driver<'_> {
                 Ok(StepOutcome::Progress(n)) => {
                     w.slots[p][s].backoff_ns = 0;
                     w.trace.entry(30, &[now, p as u64, s as u64, n as u64]);
-                    w.schedule_step(p, s, now + STEP_NS + RECORD_NS * n as u64);
+                    // After progress the loop has published and committed everything; it polls
+                    // again only if there is something to poll (else a delivery wakes it).
+                    if w.has_work(p, s) {
+                        w.schedule_step(p, s, now + STEP_NS + RECORD_NS * n as u64);
+                    }
                 }
                 Ok(StepOutcome::Idle) => {
                     w.slots[p][s].backoff_ns = 0;
                     w.trace.entry(31, &[now, p as u64, s as u64]);
+                }
+                Ok(StepOutcome::Retry(_)) if w.crash_requests.iter().any(|(q, _)| *q == p) => {
+                    // It died in the request: no retry, the crash below buries it.
                 }
                 Ok(StepOutcome::Retry(e)) => {
                     let slot = &mut w.slots[p][s];

@@ -57,6 +57,15 @@ pub enum Request {
 
 impl Request {
     pub const ALL: [Request; 4] = [Request::Flush, Request::Commit, Request::Committed, Request::Fetch];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Request::Flush => "flush",
+            Request::Commit => "commit",
+            Request::Committed => "committed-offset request",
+            Request::Fetch => "restore fetch",
+        }
+    }
 }
 
 /// One fault. Times are virtual milliseconds from the start of the feed.
@@ -205,7 +214,7 @@ impl fmt::Display for Fault {
             Fault::Outage { for_ms, .. } => write!(f, "{at}  broker outage for {}", format_ms(*for_ms)),
             Fault::RequestFailure {
                 process, stage, request, ..
-            } => write!(f, "{at}  fail the next {request:?} of p{process}/{}", stage.name()),
+            } => write!(f, "{at}  fail the next {} of p{process}/{}", request.name(), stage.name()),
             Fault::PartialFlush { process, stage, .. } => {
                 write!(f, "{at}  the next flush of p{process}/{} appends part, then fails", stage.name())
             }

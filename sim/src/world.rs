@@ -546,6 +546,17 @@ impl World {
         );
     }
 
+    /// Whether a poll by this stage would return something now: a notice, a rebalance to learn
+    /// of, or visible records past its position. A stage with none waits for a delivery.
+    pub fn has_work(&self, p: usize, s: usize) -> bool {
+        let slot = &self.slots[p][s];
+        let g = &self.groups[slot.group];
+        slot.kicked
+            || !slot.notices.is_empty()
+            || g.generation != slot.seen_generation
+            || slot.assigned.iter().any(|&tp| slot.position[tp] < g.visible[tp])
+    }
+
     /// Cancels a stage's pending step (the process died or stopped).
     pub fn cancel_steps(&mut self, p: usize) {
         for slot in self.slots[p].iter_mut() {
@@ -654,14 +665,19 @@ impl World {
         if alive_same && self.procs[p].paused_until <= self.now {
             return; // it came back in time
         }
-        let mut any = false;
-        for s in 0..STAGES {
+        let present: Vec<usize> = (0..STAGES)
+            .filter(|&s| self.broker.members(&self.groups[World::group_of(p, s)].name).contains(&member))
+            .collect();
+        if present.is_empty() {
+            return;
+        }
+        self.counters.expulsions += 1;
+        self.trace.entry(6, &[self.now, p as u64, inc as u64]);
+        self.trace
+            .line(self.now, || format!("session of {member} expired: expelled from its groups"));
+        for s in present {
             let g = World::group_of(p, s);
             let name = self.groups[g].name.clone();
-            if !self.broker.members(&name).contains(&member) {
-                continue;
-            }
-            any = true;
             self.broker.leave(&name, &member);
             if alive_same {
                 let slot = &mut self.slots[p][s];
@@ -669,12 +685,6 @@ impl World {
                 slot.kicked = true;
             }
             self.after_rebalance(g);
-        }
-        if any {
-            self.counters.expulsions += 1;
-            self.trace.entry(6, &[self.now, p as u64, inc as u64]);
-            self.trace
-                .line(self.now, || format!("session of {member} expired: expelled from its groups"));
         }
     }
 

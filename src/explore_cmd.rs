@@ -1,0 +1,610 @@
+//! `horizon explore`, `horizon replay`, `horizon shrink` and `horizon bench sim`: the
+//! deterministic simulator (`horizon-sim`) from the command line.
+//!
+//! A seed is a whole run: `explore` runs a range of seeds on every core and lists failures by
+//! invariant with the command that replays each; `replay` runs one seed again (same trace
+//! digest) and prints its fault schedule and, with `--schedule`, every step; `shrink` reduces a
+//! failing seed's fault schedule to a minimal one. The edge lives here (files, wall clock,
+//! progress bar, threads); the runs themselves are pure.
+
+use crate::sim_cmd::load_scenario;
+use horizon_core::pipeline::MemoryRun;
+use horizon_core::scenario::Scenario;
+use horizon_sim::driver::{simulate, RunSpec};
+use horizon_sim::feed::Feed;
+use horizon_sim::trace::format_ns;
+use horizon_sim::{explore, shrink_seed, Case, ExploreOptions, FaultProfile, Invariant, Runner, Schedule, SeedReport, Services};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// What every simulator command needs to rebuild a run exactly.
+#[derive(clap::Args, Clone, Debug)]
+pub struct CaseArgs {
+    /// A scenario file, or the name of a shipped one (`flash-crash`, or the simulator's `quick`).
+    pub scenario: String,
+    /// Fault profile: `none`, `kafka`, `chaos`, `swarm`, or a TOML file (see docs/simulator.md).
+    #[arg(long, default_value = "kafka")]
+    pub profile: String,
+    /// Trades taken from the scenario's generator per run (0: all of them).
+    #[arg(long, default_value_t = horizon_sim::DEFAULT_EVENTS)]
+    pub events: usize,
+    /// Pin the market to this generator seed (default: each run's seed is its market's seed).
+    #[arg(long)]
+    pub feed_seed: Option<u64>,
+    /// Override fault knobs: `crash=3:20000,outage=off` (KIND=MAX[:UP_TO] or KIND=off).
+    #[arg(long)]
+    pub faults: Option<String>,
+    /// Run a deliberately broken service (`no-dedup`, `commit-first`, `arrival-order`,
+    /// `no-restore`); needs a binary built with `--features broken-services`.
+    #[arg(long)]
+    pub broken: Option<String>,
+}
+
+impl CaseArgs {
+    fn case(&self) -> Result<Case, String> {
+        let scenario = resolve_scenario(&self.scenario)?;
+        let mut profile = load_profile(&self.profile)?;
+        if let Some(spec) = &self.faults {
+            profile.apply_overrides(spec)?;
+        }
+        let services = match &self.broken {
+            Some(name) => Services::parse(name)?,
+            None => Services::Production,
+        };
+        Ok(Case {
+            scenario,
+            services,
+            profile,
+            events: (self.events > 0).then_some(self.events),
+            feed_seed: self.feed_seed,
+        })
+    }
+
+    /// The flags that rebuild this case, for a printed command.
+    fn flags(&self) -> String {
+        let mut f = format!("{} --profile {}", self.scenario, self.profile);
+        if self.events != horizon_sim::DEFAULT_EVENTS {
+            f.push_str(&format!(" --events {}", self.events));
+        }
+        if let Some(s) = self.feed_seed {
+            f.push_str(&format!(" --feed-seed {s}"));
+        }
+        if let Some(x) = &self.faults {
+            f.push_str(&format!(" --faults {x}"));
+        }
+        if let Some(b) = &self.broken {
+            f.push_str(&format!(" --broken {b}"));
+        }
+        f
+    }
+}
+
+/// A shipped scenario, the simulator's own (`quick`), or a file.
+fn resolve_scenario(arg: &str) -> Result<Scenario, String> {
+    match load_scenario(arg) {
+        Ok((_, s)) => Ok(s),
+        Err(e) => {
+            let own = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("sim/scenarios")
+                .join(format!("{arg}.toml"));
+            if !own.is_file() {
+                return Err(e);
+            }
+            let text = std::fs::read_to_string(&own).map_err(|e| format!("{}: {e}", own.display()))?;
+            Scenario::from_toml(&text, &own.display().to_string()).map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn load_profile(arg: &str) -> Result<FaultProfile, String> {
+    if let Some(p) = FaultProfile::named(arg) {
+        return Ok(p);
+    }
+    let path = PathBuf::from(arg);
+    if path.is_file() {
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        return FaultProfile::from_toml(&text, &path.display().to_string());
+    }
+    Err(format!(
+        "{arg}: no such profile (known: {}) and no such file",
+        FaultProfile::NAMES.join(", ")
+    ))
+}
+
+#[derive(clap::Args)]
+pub struct ExploreArgs {
+    #[command(flatten)]
+    pub case: CaseArgs,
+    /// Seeds to run: `A..B` (B excluded) or one seed.
+    #[arg(long, default_value = "0..1000")]
+    pub seeds: String,
+    /// Threads (default: every core).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Run every N-th seed twice to check determinism (0: never, 1: every seed).
+    #[arg(long, default_value_t = 8)]
+    pub determinism_every: u64,
+    /// Shrink the first failing seed of each invariant and print its minimal schedule.
+    #[arg(long)]
+    pub shrink: bool,
+    /// No progress bar (for logs).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(clap::Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub case: CaseArgs,
+    #[arg(long)]
+    pub seed: u64,
+    /// Print every step of the run: deliveries, commits, publishes, rebalances, faults.
+    #[arg(long)]
+    pub schedule: bool,
+    /// Run this fault schedule (JSON, as `horizon shrink --out` writes) instead of the seed's.
+    #[arg(long)]
+    pub schedule_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct ShrinkArgs {
+    #[command(flatten)]
+    pub case: CaseArgs,
+    #[arg(long)]
+    pub seed: u64,
+    /// The invariant to keep breaking (default: the first the seed breaks).
+    #[arg(long)]
+    pub invariant: Option<String>,
+    /// Bound on the runs spent shrinking.
+    #[arg(long, default_value_t = 2000)]
+    pub max_runs: usize,
+    /// Also print every step of the minimal run.
+    #[arg(long)]
+    pub schedule: bool,
+    /// Write the minimal schedule as JSON (replay it with `horizon replay --schedule-file`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(clap::Subcommand)]
+pub enum BenchCommand {
+    /// Simulator throughput: events/s per core (kafka profile vs the fault-free in-memory run),
+    /// seeds per minute on every core, virtual-time speed-up.
+    Sim(BenchSimArgs),
+}
+
+#[derive(clap::Args)]
+pub struct BenchSimArgs {
+    /// Scenario (default: the simulator's `quick`).
+    #[arg(default_value = "quick")]
+    pub scenario: String,
+    /// Trades per run.
+    #[arg(long, default_value_t = horizon_sim::DEFAULT_EVENTS)]
+    pub events: usize,
+    /// Seeds for the seeds-per-minute measurement.
+    #[arg(long, default_value_t = 2000)]
+    pub seeds: u64,
+    /// Threads for the seeds-per-minute measurement (default: every core).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_seeds(s: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("--seeds {s}: expected A..B (B excluded) or a single seed");
+    match s.split_once("..") {
+        Some((a, b)) => {
+            let (a, b): (u64, u64) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+            if b <= a {
+                return Err(format!("--seeds {s}: the range is empty"));
+            }
+            Ok((a, b))
+        }
+        None => {
+            let a: u64 = s.trim().parse().map_err(|_| bad())?;
+            Ok((a, a + 1))
+        }
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+pub fn run_explore(args: ExploreArgs) -> Result<(), String> {
+    let case = args.case.case()?;
+    let (first, end) = parse_seeds(&args.seeds)?;
+    let jobs = args.jobs.unwrap_or_else(cores).max(1);
+    let total = end - first;
+    eprintln!(
+        "exploring seeds {first}..{end} of {} ({} services, {} trades a run) under {}: {}",
+        case.scenario.name,
+        case.services,
+        case.events.map(|n| n.to_string()).unwrap_or_else(|| "all".into()),
+        case.profile.name,
+        case.profile.describe()
+    );
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} seeds  {per_sec}  {elapsed_precise}  {msg}").map_err(|e| e.to_string())?,
+    );
+    bar.set_message("0 failed");
+    let started = Instant::now();
+    let mut failed = 0u64;
+    let opts = ExploreOptions {
+        first,
+        end,
+        jobs,
+        determinism_every: args.determinism_every,
+    };
+    let reports = explore(&case, &opts, |r| {
+        if r.failed() {
+            failed += 1;
+            bar.set_message(format!("{failed} failed (last: seed {})", r.seed));
+        }
+        bar.inc(1);
+    });
+    bar.finish_and_clear();
+    let wall = started.elapsed();
+    println!(
+        "{} seeds in {:.2} s on {jobs} threads: {:.0} seeds/s ({:.0} a minute); {} failed",
+        total,
+        wall.as_secs_f64(),
+        total as f64 / wall.as_secs_f64(),
+        total as f64 * 60.0 / wall.as_secs_f64(),
+        failed
+    );
+    if failed == 0 {
+        println!("every invariant held for every seed");
+        return Ok(());
+    }
+    print_failures(&args.case, &reports);
+    if args.shrink {
+        let mut runner = Runner::new(case.clone());
+        let mut firsts: BTreeMap<Invariant, u64> = BTreeMap::new();
+        for r in reports.iter().filter(|r| r.failed()) {
+            for v in &r.violations {
+                firsts.entry(v.invariant).or_insert(r.seed);
+            }
+        }
+        for (inv, seed) in firsts {
+            println!();
+            println!("shrinking seed {seed} ({inv})...");
+            match shrink_seed(&mut runner, seed, Some(inv), 2000)? {
+                Some(s) => print_shrunk(&s, &args.case, seed),
+                None => println!("seed {seed} no longer breaks {inv} when run alone"),
+            }
+        }
+    }
+    Err(format!("{failed} of {total} seeds broke an invariant"))
+}
+
+fn print_failures(args: &CaseArgs, reports: &[SeedReport]) {
+    let mut by: BTreeMap<Invariant, Vec<&SeedReport>> = BTreeMap::new();
+    for r in reports.iter().filter(|r| r.failed()) {
+        let mut seen = Vec::new();
+        for v in &r.violations {
+            if !seen.contains(&v.invariant) {
+                seen.push(v.invariant);
+                by.entry(v.invariant).or_default().push(r);
+            }
+        }
+    }
+    println!();
+    println!("{:<18} {:>6}  {:<24}  replay the first with", "invariant", "seeds", "first seeds");
+    for (inv, rs) in &by {
+        let firsts: Vec<String> = rs.iter().take(4).map(|r| r.seed.to_string()).collect();
+        println!(
+            "{:<18} {:>6}  {:<24}  horizon replay {} --seed {}",
+            inv.name(),
+            rs.len(),
+            firsts.join(" "),
+            args.flags(),
+            rs[0].seed
+        );
+    }
+    println!();
+    for (inv, rs) in &by {
+        let r = rs[0];
+        if let Some(v) = r.violations.iter().find(|v| v.invariant == *inv) {
+            println!("seed {} {inv}: {}", r.seed, v.detail);
+        }
+    }
+    if let Some((_, rs)) = by.iter().next() {
+        println!();
+        println!("shrink one: horizon shrink {} --seed {}", args.flags(), rs[0].seed);
+    }
+}
+
+fn print_shrunk(s: &horizon_sim::Shrunk, args: &CaseArgs, seed: u64) {
+    println!(
+        "seed {seed} breaks {}: its schedule of {} faults shrinks to {} in {} runs",
+        s.invariant,
+        s.original.len(),
+        s.minimal.len(),
+        s.runs
+    );
+    print!("{}", indent(&s.minimal.render()));
+    for v in &s.outcome.violations {
+        println!("  {v}");
+    }
+    println!(
+        "save and replay it: horizon shrink {} --seed {seed} --out minimal.json",
+        args.flags()
+    );
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+pub fn run_replay(args: ReplayArgs) -> Result<(), String> {
+    let case = args.case.case()?;
+    let mut runner = Runner::new(case.clone());
+    let (profile, tree) = runner.schedule_tree(args.seed)?;
+    let schedule = match &args.schedule_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            Schedule::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => proptest::strategy::ValueTree::current(&tree),
+    };
+    let started = Instant::now();
+    let o = runner.run_schedule(args.seed, &profile, &schedule, args.schedule)?;
+    let wall = started.elapsed();
+    println!(
+        "scenario {} seed {} (market seed {}), {} services, {} trades",
+        case.scenario.name, o.seed, o.feed_seed, case.services, o.feed_events
+    );
+    println!("profile {}: {}", case.profile.name, profile.describe());
+    println!();
+    println!("fault schedule");
+    print!("{}", indent(&o.schedule.render()));
+    if args.schedule {
+        println!();
+        println!("steps (virtual time, who, what)");
+        for l in &o.lines {
+            println!("  {l}");
+        }
+    }
+    println!();
+    let c = &o.counters;
+    println!(
+        "{} events in {} of virtual time ({} after the faults ended), {:.1} ms wall",
+        o.events,
+        format_ns(o.virtual_ns),
+        format_ns(o.virtual_ns.saturating_sub(o.heal_ns)),
+        wall.as_secs_f64() * 1000.0
+    );
+    println!(
+        "  {} records appended, {} delivered in {} polls, {} commits ({} refused), {} rebalances",
+        c.records_appended, c.records_delivered, c.polls, c.commits, c.commits_refused, c.rebalances
+    );
+    println!(
+        "  {} crashes, {} expulsions, {} failed requests, {} partial flushes, {} duplicated and {} reordered batches",
+        c.crashes, c.expulsions, c.requests_failed, c.partial_flushes, c.duplicated_batches, c.reordered_batches
+    );
+    let restored: u64 = o.stats.values().map(|s| s.restored_records).sum();
+    let skipped: u64 = o.stats.values().map(|s| s.redelivered_skipped).sum();
+    println!("  {restored} records replayed to restore tasks, {skipped} redeliveries skipped");
+    println!("reference digest {}", o.reference.all);
+    for (p, d) in &o.replicas {
+        println!("replica p{p} digest {}", d.all);
+    }
+    println!("trace digest {}", o.trace_digest);
+    if o.violations.is_empty() {
+        println!("every invariant holds");
+        Ok(())
+    } else {
+        for v in &o.violations {
+            println!("{v}");
+        }
+        Err(format!("seed {} broke {} invariant(s)", o.seed, o.violations.len()))
+    }
+}
+
+pub fn run_shrink(args: ShrinkArgs) -> Result<(), String> {
+    let case = args.case.case()?;
+    let target = match &args.invariant {
+        Some(name) => Some(Invariant::parse(name).ok_or_else(|| {
+            let known: Vec<&str> = Invariant::ALL.iter().map(|i| i.name()).collect();
+            format!("--invariant {name}: no such invariant (known: {})", known.join(", "))
+        })?),
+        None => None,
+    };
+    let mut runner = Runner::new(case);
+    let started = Instant::now();
+    let Some(s) = shrink_seed(&mut runner, args.seed, target, args.max_runs)? else {
+        println!(
+            "seed {} breaks no invariant{}: nothing to shrink",
+            args.seed,
+            match target {
+                Some(t) => format!(" ({t})"),
+                None => String::new(),
+            }
+        );
+        return Ok(());
+    };
+    println!(
+        "seed {} breaks {}: its schedule of {} faults shrinks to {} in {} runs ({:.1} s)",
+        args.seed,
+        s.invariant,
+        s.original.len(),
+        s.minimal.len(),
+        s.runs,
+        started.elapsed().as_secs_f64()
+    );
+    println!();
+    println!("minimal schedule");
+    print!("{}", indent(&s.minimal.render()));
+    println!();
+    for v in &s.outcome.violations {
+        println!("{v}");
+    }
+    if args.schedule {
+        println!();
+        println!("steps of the minimal run");
+        for l in &s.outcome.lines {
+            println!("  {l}");
+        }
+    }
+    let json = serde_json::to_string_pretty(&s.minimal).map_err(|e| e.to_string())?;
+    match &args.out {
+        Some(path) => {
+            std::fs::write(path, json + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+            println!();
+            println!(
+                "wrote {}; replay: horizon replay {} --seed {} --schedule-file {} --schedule",
+                path.display(),
+                args.case.flags(),
+                args.seed,
+                path.display()
+            );
+        }
+        None => {
+            println!();
+            println!("as JSON (--out FILE writes it for `horizon replay --schedule-file`):");
+            println!("{json}");
+        }
+    }
+    Ok(())
+}
+
+pub fn run_bench(cmd: BenchCommand) -> Result<(), String> {
+    match cmd {
+        BenchCommand::Sim(args) => bench_sim(args),
+    }
+}
+
+/// Figures from `horizon bench sim`.
+#[derive(serde::Serialize)]
+struct SimFigures {
+    scenario: String,
+    events_per_run: usize,
+    runs_timed: u64,
+    memory_events_per_second: f64,
+    sim_kafka_events_per_second: f64,
+    sim_over_memory_ratio: f64,
+    checked_seeds_per_minute_one_core: f64,
+    jobs: usize,
+    seeds: u64,
+    seeds_per_minute: f64,
+    virtual_time_speedup: f64,
+}
+
+fn bench_sim(args: BenchSimArgs) -> Result<(), String> {
+    let scenario = resolve_scenario(&args.scenario)?;
+    let events = (args.events > 0).then_some(args.events);
+    let jobs = args.jobs.unwrap_or_else(cores).max(1);
+    // 1. One core: the fault-free in-memory run vs the simulated kafka deployment, same feeds.
+    let profile = FaultProfile::kafka();
+    let mut runner = Runner::new(Case {
+        events,
+        ..Case::new(scenario.clone(), profile.clone())
+    });
+    let runs = 40u64;
+    let (mut memory, mut sim) = (Duration::ZERO, Duration::ZERO);
+    let (mut fed, mut span_ns) = (0u64, 0u64);
+    for seed in 0..runs {
+        let feed = Feed::generate(&scenario, seed, events)?;
+        let (p, tree) = runner.schedule_tree(seed)?;
+        let schedule = proptest::strategy::ValueTree::current(&tree);
+        let feed = feed.with_faults(&schedule.feed_faults(), &scenario.symbols());
+        let evs = feed.events();
+        fed += evs.len() as u64;
+        let t = Instant::now();
+        std::hint::black_box(MemoryRun::run(&scenario, evs, 8192).feed_events);
+        memory += t.elapsed();
+        let spec = RunSpec {
+            scenario: &scenario,
+            services: Services::Production,
+            profile: &p,
+            schedule: &schedule,
+            feed: &feed,
+            seed,
+            render: false,
+        };
+        let t = Instant::now();
+        let f = simulate(&spec);
+        sim += t.elapsed();
+        span_ns += f.virtual_ns;
+        if f.stuck.is_some() || f.loop_error.is_some() {
+            return Err(format!("seed {seed}: the run failed: {:?} {:?}", f.stuck, f.loop_error));
+        }
+    }
+    let memory_eps = fed as f64 / memory.as_secs_f64();
+    let sim_eps = fed as f64 / sim.as_secs_f64();
+    // 2. One core: whole checked seeds (feed, schedule, run, reference, invariants).
+    let t = Instant::now();
+    for seed in 0..runs {
+        let o = runner.run_seed(1_000_000 + seed, false)?;
+        if o.failed() {
+            return Err(format!("seed {}: {:?}", o.seed, o.violations));
+        }
+    }
+    let one_core = runs as f64 * 60.0 / t.elapsed().as_secs_f64();
+    // 3. Every core: explore.
+    let case = Case {
+        events,
+        ..Case::new(scenario.clone(), profile)
+    };
+    let opts = ExploreOptions {
+        first: 0,
+        end: args.seeds,
+        jobs,
+        determinism_every: 0,
+    };
+    let t = Instant::now();
+    let reports = explore(&case, &opts, |_| {});
+    let wall = t.elapsed();
+    if let Some(r) = reports.iter().find(|r| r.failed()) {
+        return Err(format!("seed {}: {:?}", r.seed, r.violations));
+    }
+    let figures = SimFigures {
+        scenario: scenario.name.clone(),
+        events_per_run: (fed / runs) as usize,
+        runs_timed: runs,
+        memory_events_per_second: memory_eps,
+        sim_kafka_events_per_second: sim_eps,
+        sim_over_memory_ratio: sim_eps / memory_eps,
+        checked_seeds_per_minute_one_core: one_core,
+        jobs,
+        seeds: args.seeds,
+        seeds_per_minute: args.seeds as f64 * 60.0 / wall.as_secs_f64(),
+        virtual_time_speedup: span_ns as f64 / sim.as_nanos() as f64,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&figures).map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    println!(
+        "scenario {}, {} trades a run, kafka profile, {runs} runs timed on one core",
+        figures.scenario, figures.events_per_run
+    );
+    println!(
+        "  fault-free in-memory run     {:>12.0} market events/s",
+        figures.memory_events_per_second
+    );
+    println!(
+        "  simulated kafka deployment   {:>12.0} market events/s  ({:.2}x the in-memory run; 2 processes, 2 replicas)",
+        figures.sim_kafka_events_per_second, figures.sim_over_memory_ratio
+    );
+    println!(
+        "  checked seeds, one core      {:>12.0} a minute (run + reference + invariants)",
+        figures.checked_seeds_per_minute_one_core
+    );
+    println!(
+        "  checked seeds, {} threads     {:>12.0} a minute ({} seeds)",
+        figures.jobs, figures.seeds_per_minute, figures.seeds
+    );
+    println!("  virtual time                 {:>12.0}x real time", figures.virtual_time_speedup);
+    Ok(())
+}
