@@ -6,6 +6,6 @@ pub mod gateway;
 pub mod kafka;
 pub mod notify;
 pub mod recorded;
-pub mod snapshots;
 pub mod replica;
 pub mod service;
+pub mod snapshots;
