@@ -170,6 +170,17 @@ fn the_readers_account_for_every_line_of_the_real_files() {
     assert_eq!(ignored, [("book-ticker", 66_089), ("depth-snapshot", 1), ("depth-update", 6_551)]);
     assert_eq!(ws.lines, 93_954);
     assert_eq!(ws.quotes.as_ref().unwrap().updates, 66_089);
+    // The rebuilt book follows every diff after the snapshot, and agrees with every book ticker
+    // stamped with its update id.
+    let book = ws.book.as_ref().unwrap();
+    assert_eq!(
+        (book.snapshots, book.diffs_applied, book.diffs_stale, book.sequence_breaks),
+        (1, 6_547, 4, 0)
+    );
+    assert!(
+        book.tickers_checked > 100 && book.tickers_matching == book.tickers_checked,
+        "{book:?}"
+    );
     for r in [&ticks, &ftx, &ws] {
         assert_eq!(r.unaccounted(), 0, "{}", r.file);
     }

@@ -563,3 +563,43 @@ fn records_of_other_symbols_are_counted_not_kept() {
     assert!(err.is_none());
     assert_eq!((recs.len(), report.ignored["other-symbol"]), (2, 1));
 }
+
+#[test]
+fn the_order_book_is_rebuilt_by_binance_sequence_rules_and_checked_against_tickers() {
+    let diff = |first: u64, last: u64, prev: u64, bids: &str, asks: &str| {
+        format!(
+            r#"1 {{"stream":"btcusdt@depth@0ms","data":{{"e":"depthUpdate","U":{first},"u":{last},"pu":{prev},"b":[{bids}],"a":[{asks}]}}}}"#
+        )
+    };
+    let ticker =
+        |u: u64, b: &str, a: &str| format!(r#"1 {{"stream":"btcusdt@bookTicker","data":{{"u":{u},"b":"{b}","B":"1","a":"{a}","A":"1"}}}}"#);
+    let lines = [
+        // Before the snapshot: buffered; the first is older than it (stale), the second spans it.
+        diff(90, 95, 89, r#"["99","5"]"#, ""),
+        diff(96, 101, 95, r#"["100","0"],["99.5","2"]"#, ""),
+        r#"1 {"lastUpdateId":100,"bids":[["100","1"],["99","1"]],"asks":[["101","1"],["102","1"]]}"#.to_string(),
+        // Best bid is now 99.5 (100 deleted), best ask 101.
+        ticker(101, "99.5", "101"),
+        diff(102, 105, 101, "", r#"["100.5","3"]"#),
+        ticker(105, "99.5", "100.5"),
+        ticker(105, "99.5", "101"), // disagrees with the book
+        ticker(104, "1", "2"),      // not at the book's update id: not checked
+        // A gap: pu is not the previous u; the book is discarded.
+        diff(110, 112, 108, r#"["98","1"]"#, ""),
+        diff(113, 114, 112, r#"["97","1"]"#, ""),
+    ];
+    let (_, err, report) = read("data.ws", &(lines.join("\n") + "\n"), Format::BinanceWs, false);
+    assert!(err.is_none(), "{err:?}");
+    let b = report.book.unwrap();
+    assert_eq!(
+        (b.snapshots, b.diffs_applied, b.diffs_stale, b.sequence_breaks, b.diffs_unapplied),
+        (1, 2, 1, 1, 2)
+    );
+    assert_eq!((b.tickers_checked, b.tickers_matching), (3, 2));
+    assert_eq!(
+        (b.best_bid, b.best_ask, b.bid_levels, b.ask_levels),
+        (Some(fx("99.5")), Some(fx("100.5")), 2, 3)
+    );
+    let (_, err, _) = read("data.ws", &(diff(5, 4, 3, "", "") + "\n"), Format::BinanceWs, false);
+    assert_eq!(message(&err.unwrap()), "data.ws:1: field `data.u`: 4 is before U 5");
+}

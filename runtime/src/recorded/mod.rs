@@ -33,8 +33,9 @@
 //! `late`, so a disordered recording shows up twice, here and in the dead letters, never silently.
 //!
 //! WebSocket captures: trades become records; book tickers are summarised (`QuoteStats`: count,
-//! spreads, crossed books) and depth diffs and snapshots counted, as the pipeline has no quote
-//! event. Lines that carry no record are counted under `ignored` by kind.
+//! spreads, crossed books) and the order book is rebuilt from the depth snapshot and diffs and
+//! checked against them (`BookStats`), as the pipeline has no quote event. Lines that carry no
+//! record are counted under `ignored` by kind.
 
 pub mod binance;
 pub mod binance_ws;
@@ -356,6 +357,8 @@ pub struct ReadReport {
     pub symbols: BTreeMap<String, SymbolSpan>,
     /// Best bid/ask of a WebSocket capture.
     pub quotes: Option<QuoteStats>,
+    /// The order book a WebSocket capture's depth snapshot and diffs rebuild.
+    pub book: Option<binance_ws::BookStats>,
     /// Anything else a reader wants to tell (intervals detected, depth updates...).
     pub notes: BTreeMap<String, String>,
 }
@@ -457,6 +460,24 @@ impl ReadReport {
                 show(q.last_ask)
             ));
         }
+        if let Some(b) = &self.book {
+            let show = |x: Option<Fixed>| x.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+            out.push(format!(
+                "order book: {} snapshot(s), {} diffs applied, {} stale, {} unapplied, {} sequence breaks; \
+                 {} of {} book tickers at the book's update id match it; {} bid / {} ask levels, best {} / {}",
+                b.snapshots,
+                b.diffs_applied,
+                b.diffs_stale,
+                b.diffs_unapplied,
+                b.sequence_breaks,
+                b.tickers_matching,
+                b.tickers_checked,
+                b.bid_levels,
+                b.ask_levels,
+                show(b.best_bid),
+                show(b.best_ask)
+            ));
+        }
         for (k, v) in &self.notes {
             out.push(format!("{k}: {v}"));
         }
@@ -476,6 +497,9 @@ pub enum Parsed {
 pub trait LineParser: Send {
     /// Parses one line (without its terminator). `first` is true for the first non-blank line.
     fn parse(&mut self, line: &str, first: bool, report: &mut ReadReport) -> Result<Parsed, FieldError>;
+
+    /// Called once at the end of the input, to count anything still held.
+    fn finish(&mut self, _report: &mut ReadReport) {}
 }
 
 /// How to read a recording.
@@ -588,6 +612,7 @@ impl Iterator for RecordReader {
             let line = match self.lines.next_line() {
                 None => {
                     self.done = true;
+                    self.parser.finish(&mut self.report);
                     return None;
                 }
                 Some(Err(e)) => {
