@@ -39,6 +39,7 @@ pub fn run(args: BenchKafkaArgs) -> Result<(), String> {
     let config = args.kafka.config()?;
     let values: Vec<Vec<u8>> = events.iter().map(|e| e.encode()).collect();
     let raw = bench::raw_roundtrip(&config, &values).map_err(|e| format!("raw rdkafka: {e}"))?;
+    eprintln!("horizon bench kafka: raw rdkafka {:.0} records/s", raw.events_per_second);
     let pipeline = bench::pipeline_throughput(&scenario, &config, &events).map_err(|e| format!("pipeline: {e}"))?;
     let mut latencies = Vec::new();
     for &rate in &args.rates {

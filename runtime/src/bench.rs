@@ -120,10 +120,17 @@ pub fn pipeline_throughput(scenario: &Scenario, config: &KafkaConfig, events: &[
     let (tx, _rx) = mpsc::channel();
     let start = Instant::now();
     let feeder = gateway(config.clone(), events.to_vec(), None, 0, tx);
+    let mut last = (0, Instant::now());
     while applied(&process) < want {
         process.step_round()?;
-        if start.elapsed() > Duration::from_secs(600) {
-            return Err(BusError::Unavailable("the pipeline did not finish within 600 s".into()));
+        let now = applied(&process);
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if feeder.is_finished() && last.1.elapsed() > Duration::from_secs(20) {
+            let fed = feeder.join().map_err(|_| BusError::Fatal("gateway thread panicked".into()))?;
+            return Err(BusError::Unavailable(format!(
+                "stalled at {now} of {want} events applied (gateway: {fed:?})"
+            )));
         }
     }
     let seconds = start.elapsed().as_secs_f64();
