@@ -5,10 +5,11 @@
 //! one line on stderr and a non-zero exit, never a panic trace.
 
 mod audit_cmd;
+mod bench_kafka_cmd;
 mod explore_cmd;
 mod feed_cmd;
-mod run_cmd;
 mod query_cmd;
+mod run_cmd;
 mod scenario_cmd;
 mod sim_cmd;
 mod topics_cmd;

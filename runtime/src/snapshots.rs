@@ -42,7 +42,11 @@ impl SnapshotDir {
         let mut out = Vec::new();
         for entry in fs::read_dir(&self.dir)? {
             let name = entry?.file_name().to_string_lossy().to_string();
-            let Some(task) = name.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".snap")).and_then(|t| t.parse().ok()) else {
+            let Some(task) = name
+                .strip_prefix(&prefix)
+                .and_then(|r| r.strip_suffix(".snap"))
+                .and_then(|t| t.parse().ok())
+            else {
                 continue;
             };
             out.push((task, fs::read(self.dir.join(&name))?));
