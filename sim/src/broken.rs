@@ -12,6 +12,8 @@
 //!   of merging the symbols in event time, so its decisions depend on delivery interleaving.
 //! - `no-restore`: a market stage that keeps its open bars in memory only and does not rebuild
 //!   them by replay, so a restart or a rebalance loses them.
+//! - `hash-order`: a signals service that lists its strategies' views in hash-map order, so the
+//!   bytes it publishes differ from run to run (and between the processes of one run).
 
 use crate::services::Stages;
 use horizon_core::bus::{BusError, Consumer, Polled, Producer, Record, Topic, TopicPartition};
@@ -32,10 +34,17 @@ pub enum Broken {
     CommitFirst,
     ArrivalOrder,
     NoRestore,
+    HashOrder,
 }
 
 impl Broken {
-    pub const ALL: [Broken; 4] = [Broken::NoDedup, Broken::CommitFirst, Broken::ArrivalOrder, Broken::NoRestore];
+    pub const ALL: [Broken; 5] = [
+        Broken::NoDedup,
+        Broken::CommitFirst,
+        Broken::ArrivalOrder,
+        Broken::NoRestore,
+        Broken::HashOrder,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -43,6 +52,7 @@ impl Broken {
             Broken::CommitFirst => "commit-first",
             Broken::ArrivalOrder => "arrival-order",
             Broken::NoRestore => "no-restore",
+            Broken::HashOrder => "hash-order",
         }
     }
 
@@ -52,6 +62,7 @@ impl Broken {
             Broken::CommitFirst => "market commits input offsets before its outputs are published",
             Broken::ArrivalOrder => "portfolio rebalances per signal in arrival order (no event-time merge)",
             Broken::NoRestore => "market keeps open bars in memory only; restore rebuilds nothing",
+            Broken::HashOrder => "signals list strategy views in hash-map order (bytes differ per run)",
         }
     }
 
@@ -72,6 +83,9 @@ impl Broken {
         };
         let signals: Box<dyn Stage> = match self {
             Broken::NoDedup => Box::new(Processor::new(NoDedupSignals {
+                inner: SignalService::new(SignalConfig::from_scenario(s)),
+            })),
+            Broken::HashOrder => Box::new(Processor::new(HashOrderSignals {
                 inner: SignalService::new(SignalConfig::from_scenario(s)),
             })),
             _ => Box::new(p.signals),
@@ -154,6 +168,39 @@ impl Service for NoDedupSignals {
             key,
             event: ev,
         });
+        Ok(())
+    }
+}
+
+// ---- hash-order ----
+
+/// The signals service, with its strategy views reordered through a `HashMap` (whose order is
+/// seeded per map from the OS: the one source of randomness the simulator cannot control).
+pub struct HashOrderSignals {
+    inner: SignalService,
+}
+
+impl Service for HashOrderSignals {
+    type State = horizon_core::signals::SignalState;
+
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn inputs(&self) -> &'static [Topic] {
+        self.inner.inputs()
+    }
+
+    fn handle(&self, state: &mut Self::State, event: &Event, out: &mut Vec<Output>) -> Result<(), Rejection> {
+        let from = out.len();
+        self.inner.handle(state, event, out)?;
+        for o in &mut out[from..] {
+            if let Payload::Signal(s) = &mut o.event.payload {
+                let by_name: std::collections::HashMap<String, horizon_core::event::StrategyView> =
+                    s.strategies.drain(..).map(|v| (v.strategy.clone(), v)).collect();
+                s.strategies = by_name.into_values().collect();
+            }
+        }
         Ok(())
     }
 }

@@ -136,7 +136,7 @@ pub fn shrink_seed(runner: &mut Runner, seed: u64, target: Option<Invariant>, ma
     let breaks = |runner: &mut Runner, s: &Schedule| -> Result<Vec<Invariant>, String> {
         let r = catch_unwind(AssertUnwindSafe(|| {
             if twice {
-                runner.run_twice(seed, &profile, s)
+                runner.run_twice_explained(seed, &profile, s, false)
             } else {
                 runner.run_schedule(seed, &profile, s, false)
             }
@@ -160,7 +160,9 @@ pub fn shrink_seed(runner: &mut Runner, seed: u64, target: Option<Invariant>, ma
         breaks(runner, s).map(|v| v.contains(&invariant)).unwrap_or(false)
     });
     let outcome = if twice {
-        runner.run_twice(seed, &profile, &minimal)?
+        let mut o = runner.run_twice(seed, &profile, &minimal)?;
+        o.lines = runner.run_schedule(seed, &profile, &minimal, true)?.lines;
+        o
     } else {
         runner.run_schedule(seed, &profile, &minimal, true)?
     };

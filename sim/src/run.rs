@@ -212,9 +212,26 @@ impl Runner {
     /// Runs the seed twice; a second trace digest that differs is a `non-deterministic`
     /// violation naming the first step where the two runs part (found by rendering both).
     pub fn run_twice(&mut self, seed: u64, profile: &FaultProfile, schedule: &Schedule) -> Result<Outcome, String> {
+        self.run_twice_explained(seed, profile, schedule, true)
+    }
+
+    /// `run_twice`; without `explain` a difference is reported without rendering both runs to
+    /// find where they part (for shrinking, where only the verdict matters).
+    pub fn run_twice_explained(
+        &mut self,
+        seed: u64,
+        profile: &FaultProfile,
+        schedule: &Schedule,
+        explain: bool,
+    ) -> Result<Outcome, String> {
         let mut first = self.run_schedule(seed, profile, schedule, false)?;
         let second = self.run_schedule(seed, profile, schedule, false)?;
-        if first.trace_digest != second.trace_digest {
+        if first.trace_digest != second.trace_digest && !explain {
+            first.violations.push(Violation {
+                invariant: Invariant::NonDeterministic,
+                detail: format!("trace digests {} and {}", first.trace_digest, second.trace_digest),
+            });
+        } else if first.trace_digest != second.trace_digest {
             let a = self.run_schedule(seed, profile, schedule, true)?;
             let b = self.run_schedule(seed, profile, schedule, true)?;
             let detail = match first_difference(&a.lines, &b.lines) {

@@ -36,6 +36,8 @@ fn expected(b: Broken) -> Invariant {
         Broken::ArrivalOrder => Invariant::NonConvergent,
         // Open bars forgotten in a rebalance: trades that never reach a bar.
         Broken::NoRestore => Invariant::LostWrite,
+        // Hash-map order reaches the published bytes: two runs of one seed differ.
+        Broken::HashOrder => Invariant::NonDeterministic,
     }
 }
 
@@ -47,7 +49,11 @@ fn the_production_services_pass_the_seeds_the_teeth_are_tested_on() {
 
 fn caught_and_shrunk(b: Broken) {
     let c = case(Services::Broken(b));
-    let reports = explore(&c, &options(), |_| {});
+    let mut opts = options();
+    if b == Broken::HashOrder {
+        opts.determinism_every = 1;
+    }
+    let reports = explore(&c, &opts, |_| {});
     let failing: Vec<u64> = reports
         .iter()
         .filter(|r| r.violations.iter().any(|v| v.invariant == expected(b)))
@@ -96,4 +102,9 @@ fn arrival_order_is_caught_and_shrunk() {
 #[test]
 fn no_restore_is_caught_and_shrunk() {
     caught_and_shrunk(Broken::NoRestore);
+}
+
+#[test]
+fn hash_order_is_caught_as_non_determinism_and_shrunk() {
+    caught_and_shrunk(Broken::HashOrder);
 }
