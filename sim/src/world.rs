@@ -470,7 +470,9 @@ impl World {
                 Who::Gateway => "gateway".to_string(),
                 Who::Stage(p, s) => World::who(p, s),
             };
-            self.trace.line(self.now, || format!("{who:<16} append {t}@{offset}"));
+            // A short hash of the bytes, so two renderings part where the bytes do.
+            let hash = blake3::hash(&value).to_hex()[..8].to_string();
+            self.trace.line(self.now, || format!("{who:<16} append {t}@{offset} #{hash}"));
         }
         let Some(ti) = Layout::topic_index(t.topic) else { return };
         for gi in 0..self.subscribers[ti].len() {
