@@ -6,6 +6,7 @@ use horizon_runtime::api::{self, SharedSnapshot};
 use horizon_runtime::kafka::KafkaConfig;
 use horizon_runtime::notify::{CircuitBreaker, JsonlSink, Sink};
 use horizon_runtime::replica;
+use horizon_runtime::snapshots::SnapshotDir;
 use horizon_runtime::service::{stop_on_signals, Backoff, ServiceOptions, ServiceProcess, StageKind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -68,8 +69,9 @@ pub struct RunArgs {
     /// Consumer group of the projections stage (default: one per process, a read replica).
     #[arg(long)]
     pub projections_group: Option<String>,
-    /// Serve /digest, /projections, /stats and /health on this address (127.0.0.1:8080; port 0
-    /// picks one and prints it).
+    /// Serve the query API on this address (127.0.0.1:8080; port 0 picks one and prints it):
+    /// portfolios, positions, bars, risk, notifications, events, /ready, /metrics,
+    /// /openapi.json (runtime/openapi.json).
     #[arg(long)]
     pub http: Option<String>,
     /// Where the notify stage delivers, as JSON lines (default: stdout).
@@ -78,6 +80,18 @@ pub struct RunArgs {
     /// Records per step of a stage.
     #[arg(long, default_value_t = 4096)]
     pub max_records: usize,
+    /// Keep stage snapshots here: offered at start (restore = snapshot + the log's tail), saved
+    /// every --snapshot-records records or --snapshot-secs seconds and at a clean stop.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 100_000)]
+    pub snapshot_records: u64,
+    #[arg(long, default_value_t = 30)]
+    pub snapshot_secs: u64,
+    /// /ready answers 200 once every assigned partition is restored and within this many
+    /// records of its end.
+    #[arg(long, default_value_t = 0)]
+    pub ready_lag: u64,
 }
 
 pub fn run(args: RunArgs) -> Result<(), String> {
@@ -89,6 +103,12 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     options.max_records = args.max_records.max(1);
     options.backoff = Backoff::default();
     options.breaker = CircuitBreaker::new(5, Duration::from_secs(10));
+    options.snapshot_records = args.snapshot_records.max(1);
+    options.snapshot_interval = Duration::from_secs(args.snapshot_secs.max(1));
+    options.ready_lag = args.ready_lag;
+    if let Some(dir) = &args.state_dir {
+        options.state_dir = Some(SnapshotDir::open(dir).map_err(|e| format!("--state-dir {}: {e}", dir.display()))?);
+    }
     if stages.contains(&StageKind::Notify) {
         let sink: Box<dyn Sink> = match &args.notify_out {
             Some(p) => Box::new(JsonlSink::file(p).map_err(|e| format!("--notify-out {}: {e}", p.display()))?),
@@ -101,7 +121,7 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     let shared = SharedSnapshot::default();
     let mut served = None;
     if let Some(addr) = &args.http {
-        let server = api::serve(addr, shared.clone())?;
+        let server = api::serve(addr, shared.clone(), api::Catalog::from_scenario(&scenario))?;
         served = Some(server.addr);
     }
     eprintln!(

@@ -2,23 +2,60 @@
 //! its own thread) serving a snapshot that the processing loop replaces from time to time. The
 //! loop never waits on a request and a request never sees a half-applied batch.
 //!
-//! - `GET /health`: `ok`
-//! - `GET /digest`: the projections' digests, events applied by type, and when it was taken
-//! - `GET /projections`: the read models (portfolio views, risk dashboards, notification feeds)
-//! - `GET /stats`: the loop's counters per stage
+//! Every answer about the read models is `{"offsets": {"topic/partition": next_offset, ...},
+//! "data": ...}` with the same offsets in the `X-Horizon-Offsets` header (`topic/p:offset,...`):
+//! the records the answer reflects (every record before those offsets is applied). A request
+//! may ask to wait until given offsets are applied (`?min_offsets=topic/p:offset,...` with
+//! `timeout_ms`, default 5000): read-your-writes. On timeout: 504 with a JSON error. Errors are
+//! JSON `{"error": "..."}`: 404 naming the unknown symbol, interval, portfolio, user or event;
+//! 400 naming the malformed parameter. The routes and shapes are in `openapi.json`
+//! (`GET /openapi.json`).
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use horizon_core::event::EventType;
+use horizon_core::fixed::Fixed;
 use horizon_core::processor::Stats;
-use horizon_core::projections::{Digests, Views};
+use horizon_core::projections::{Digests, PortfolioLog, ProjectionService, Projections, Views};
+use horizon_core::time::Timestamp;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// The OpenAPI 3 document of this API.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// Bucket bounds of the step latency histogram, in seconds.
+pub const LATENCY_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+/// A cumulative-bucket latency histogram (Prometheus style).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Histogram {
+    /// Observations at or under each bound of `LATENCY_BUCKETS`.
+    pub buckets: [u64; 12],
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, d: Duration) {
+        let s = d.as_secs_f64();
+        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+            if s <= *b {
+                self.buckets[i] += 1;
+            }
+        }
+        self.count += 1;
+        self.sum_seconds += s;
+    }
+}
 
 /// What the loop publishes for queries.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -29,10 +66,28 @@ pub struct Snapshot {
     pub digests: Option<Digests>,
     #[serde(skip)]
     pub views: Option<Views>,
+    /// The projection state itself (bars, the audit trail, full history for `?at=`).
+    #[serde(skip)]
+    pub projections: Option<Arc<Projections>>,
+    /// Starting cash per portfolio (for views as of a past time).
+    #[serde(skip)]
+    pub initial_cash: BTreeMap<String, Fixed>,
     /// Distinct events the projections applied, by type.
     pub events_by_type: BTreeMap<EventType, u64>,
     pub events: u64,
     pub stats: BTreeMap<String, Stats>,
+    /// Next offset applied per assigned projections partition ("topic/partition").
+    pub offsets: BTreeMap<String, u64>,
+    /// Records between the applied offset and the end, per assigned projections partition.
+    pub lag: BTreeMap<String, u64>,
+    /// Every assigned partition restored and caught up (within the configured lag).
+    pub ready: bool,
+    /// Duration of record-handling steps per stage.
+    pub latency: BTreeMap<String, Histogram>,
+    pub retries: BTreeMap<String, u64>,
+    pub delivery: Option<crate::notify::DeliveryCounters>,
+    /// The notify sink's circuit breaker (`Closed`, `Open`, `HalfOpen`).
+    pub breaker: Option<String>,
     /// Wall-clock time of the snapshot (milliseconds since the Unix epoch).
     pub taken_at_ms: u64,
 }
@@ -51,18 +106,45 @@ impl SharedSnapshot {
     }
 }
 
+/// What the deployment is configured with: names a query may use.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    pub symbols: Vec<String>,
+    pub intervals: Vec<String>,
+    pub users: Vec<String>,
+    pub portfolios: Vec<String>,
+}
+
+impl Catalog {
+    pub fn from_scenario(s: &horizon_core::scenario::Scenario) -> Catalog {
+        Catalog {
+            symbols: s.market.symbols.iter().map(|x| x.symbol.clone()).collect(),
+            intervals: s.market.bar_intervals.clone(),
+            users: s.users.iter().map(|u| u.id.clone()).collect(),
+            portfolios: vec![s.portfolio.id.clone()],
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    shared: SharedSnapshot,
+    catalog: Arc<Catalog>,
+}
+
 /// A running server; it stops with the process.
 pub struct ApiServer {
     pub addr: SocketAddr,
 }
 
 /// Binds `addr` (port 0 picks a free one) and serves `shared` on a thread of its own.
-pub fn serve(addr: &str, shared: SharedSnapshot) -> Result<ApiServer, String> {
+pub fn serve(addr: &str, shared: SharedSnapshot, catalog: Catalog) -> Result<ApiServer, String> {
     let listener = std::net::TcpListener::bind(addr).map_err(|e| format!("--http {addr}: {e}"))?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        .enable_time()
         .build()
         .map_err(|e| format!("query API runtime: {e}"))?;
     std::thread::Builder::new()
@@ -76,7 +158,7 @@ pub fn serve(addr: &str, shared: SharedSnapshot) -> Result<ApiServer, String> {
                         return;
                     }
                 };
-                if let Err(e) = axum::serve(listener, router(shared)).await {
+                if let Err(e) = axum::serve(listener, router(shared, catalog)).await {
                     eprintln!("horizon: query API stopped: {e}");
                 }
             })
@@ -85,46 +167,552 @@ pub fn serve(addr: &str, shared: SharedSnapshot) -> Result<ApiServer, String> {
     Ok(ApiServer { addr: bound })
 }
 
-pub fn router(shared: SharedSnapshot) -> Router {
+/// The routes served (also checked against `openapi.json` by the tests).
+pub const ROUTES: [&str; 15] = [
+    "/health",
+    "/ready",
+    "/metrics",
+    "/openapi.json",
+    "/digest",
+    "/projections",
+    "/stats",
+    "/portfolios",
+    "/portfolios/{portfolio_id}",
+    "/portfolios/{portfolio_id}/positions",
+    "/portfolios/{portfolio_id}/risk",
+    "/bars/{symbol}/{interval}",
+    "/users/{user_id}/notifications",
+    "/events/{event_id}",
+    "/offsets",
+];
+
+pub fn router(shared: SharedSnapshot, catalog: Catalog) -> Router {
+    let state = AppState {
+        shared,
+        catalog: Arc::new(catalog),
+    };
     Router::new()
-        .route("/health", get(|| async { "ok" }))
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .route("/digest", get(digest))
         .route("/projections", get(projections))
         .route("/stats", get(stats))
-        .with_state(shared)
+        .route("/offsets", get(offsets))
+        .route("/portfolios", get(portfolios))
+        .route("/portfolios/{portfolio_id}", get(portfolio))
+        .route("/portfolios/{portfolio_id}/positions", get(positions))
+        .route("/portfolios/{portfolio_id}/risk", get(risk))
+        .route("/bars/{symbol}/{interval}", get(bars))
+        .route("/users/{user_id}/notifications", get(notifications))
+        .route("/events/{event_id}", get(event))
+        .fallback(|uri: axum::http::Uri| async move { error(StatusCode::NOT_FOUND, format!("no route `{}` (see /openapi.json)", uri.path())) })
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into(), "status": status.as_u16()}))).into_response()
+}
+
+fn bad_param(name: &str, why: impl std::fmt::Display) -> Response {
+    error(StatusCode::BAD_REQUEST, format!("query parameter `{name}`: {why}"))
+}
+
+/// `topic/partition:offset,...` into "topic/partition" → offset.
+pub fn parse_offsets(text: &str) -> Option<BTreeMap<String, u64>> {
+    text.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|part| {
+            let (tp, off) = part.trim().rsplit_once(':')?;
+            let (topic, partition) = tp.rsplit_once('/')?;
+            (!topic.is_empty()).then_some(())?;
+            partition.parse::<u32>().ok()?;
+            Some((tp.to_string(), off.parse().ok()?))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `a=1&b=2` into a map; a repeated or undecodable parameter is a 400 naming it.
+fn parse_query(raw: &str) -> Result<HashMap<String, String>, Response> {
+    let mut out = HashMap::new();
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = percent_decode(k).ok_or_else(|| bad_param(k, "not valid percent-encoded UTF-8"))?;
+        let v = percent_decode(v).ok_or_else(|| bad_param(&k, "value is not valid percent-encoded UTF-8"))?;
+        if out.insert(k.clone(), v).is_some() {
+            return Err(bad_param(&k, "given more than once"));
+        }
+    }
+    Ok(out)
+}
+
+/// The `X-Horizon-Offsets` header value.
+pub fn format_offsets(o: &BTreeMap<String, u64>) -> String {
+    o.iter().map(|(tp, off)| format!("{tp}:{off}")).collect::<Vec<_>>().join(",")
+}
+
+/// The query parameters a route accepts, checked: an unknown one is a 400 naming it.
+struct Params(HashMap<String, String>);
+
+impl Params {
+    fn check(raw: Option<String>, allowed: &[&str]) -> Result<Params, Response> {
+        let q = parse_query(raw.as_deref().unwrap_or(""))?;
+        let mut names: Vec<&String> = q.keys().collect();
+        names.sort();
+        for k in names {
+            if !allowed.contains(&k.as_str()) && !["min_offsets", "timeout_ms"].contains(&k.as_str()) {
+                return Err(bad_param(k, format!("unknown parameter (accepted here: {})", [allowed, &["min_offsets", "timeout_ms"]].concat().join(", "))));
+            }
+        }
+        Ok(Params(q))
+    }
+
+    fn usize(&self, name: &str) -> Result<Option<usize>, Response> {
+        self.0
+            .get(name)
+            .map(|v| v.parse::<usize>().map_err(|_| bad_param(name, format!("`{v}` is not a non-negative integer"))))
+            .transpose()
+    }
+
+    fn bool(&self, name: &str) -> Result<bool, Response> {
+        match self.0.get(name).map(String::as_str) {
+            None | Some("false") | Some("0") => Ok(false),
+            Some("true") | Some("1") | Some("") => Ok(true),
+            Some(v) => Err(bad_param(name, format!("`{v}` is not true or false"))),
+        }
+    }
+
+    fn at(&self) -> Result<Option<Timestamp>, Response> {
+        self.0
+            .get("at")
+            .map(|v| Timestamp::parse_rfc3339(v).ok_or_else(|| bad_param("at", format!("`{v}` is not an RFC 3339 time"))))
+            .transpose()
+    }
+
+    /// Waits (read-your-writes) until the snapshot covers `min_offsets`, if asked.
+    async fn snapshot(&self, shared: &SharedSnapshot) -> Result<Arc<Snapshot>, Response> {
+        let timeout_ms = match self.0.get("timeout_ms") {
+            None => 5000,
+            Some(v) => match v.parse::<u64>() {
+                Ok(t) if t <= 60_000 => t,
+                _ => return Err(bad_param("timeout_ms", format!("`{v}` is not a number of milliseconds in 0..=60000"))),
+            },
+        };
+        let Some(text) = self.0.get("min_offsets") else {
+            return Ok(shared.get());
+        };
+        let want = parse_offsets(text).ok_or_else(|| bad_param("min_offsets", format!("`{text}` is not topic/partition:offset,...")))?;
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        loop {
+            let snap = shared.get();
+            let missing: BTreeMap<&String, u64> = want
+                .iter()
+                .filter(|(tp, o)| snap.offsets.get(*tp).is_none_or(|have| have < *o))
+                .map(|(tp, o)| (tp, *o))
+                .collect();
+            if missing.is_empty() {
+                return Ok(snap);
+            }
+            if Instant::now() >= deadline {
+                let mut r = (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    Json(json!({
+                        "error": format!("min_offsets not applied within {timeout_ms} ms"),
+                        "status": 504,
+                        "waiting_for": missing,
+                        "offsets": snap.offsets,
+                    })),
+                )
+                    .into_response();
+                set_offsets_header(&mut r, &snap.offsets);
+                return Err(r);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn set_offsets_header(r: &mut Response, offsets: &BTreeMap<String, u64>) {
+    if let Ok(v) = HeaderValue::from_str(&format_offsets(offsets)) {
+        r.headers_mut().insert("x-horizon-offsets", v);
+    }
+}
+
+/// The envelope of a read-model answer: data plus the offsets it reflects.
+fn answer(snap: &Snapshot, data: Value) -> Response {
+    let mut r = Json(json!({"offsets": snap.offsets, "taken_at_ms": snap.taken_at_ms, "data": data})).into_response();
+    set_offsets_header(&mut r, &snap.offsets);
+    r
+}
+
+macro_rules! tri {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(r) => return r,
+        }
+    };
 }
 
 fn no_projections() -> Response {
-    (
+    error(
         StatusCode::NOT_FOUND,
-        "this process does not run the projections stage (--services ...,projections)\n",
+        "this process does not run the projections stage (--services ...,projections)",
     )
-        .into_response()
 }
 
-async fn digest(State(s): State<SharedSnapshot>) -> Response {
-    let snap = s.get();
+fn state_of(snap: &Snapshot) -> Result<&Projections, Response> {
+    snap.projections.as_deref().ok_or_else(no_projections)
+}
+
+/// The projection state as of event time `t`: every event with an event time at or before it
+/// (bars by their end, rows by their event time).
+pub fn as_of(p: &Projections, t: Timestamp) -> Projections {
+    let bars = p
+        .bars
+        .iter()
+        .map(|(s, m)| {
+            let m = m
+                .iter()
+                .map(|(i, b)| (i.clone(), b.iter().filter(|(_, bar)| bar.end() <= t).map(|(k, v)| (*k, v.clone())).collect()))
+                .collect();
+            (s.clone(), m)
+        })
+        .collect();
+    let portfolios = p
+        .portfolios
+        .iter()
+        .map(|(pid, log)| {
+            let log = PortfolioLog {
+                rebalances: log.rebalances.iter().filter(|(_, (ts, _))| *ts <= t).map(|(k, v)| (k.clone(), v.clone())).collect(),
+                closes: log.closes.range(..=t).map(|(k, v)| (*k, v.clone())).collect(),
+                signals_changed: log
+                    .signals_changed
+                    .iter()
+                    .map(|(s, rows)| (s.clone(), rows.range(..=t).map(|(k, v)| (*k, v.clone())).collect()))
+                    .collect(),
+            };
+            (pid.clone(), log)
+        })
+        .collect();
+    let risk = p
+        .risk
+        .iter()
+        .map(|(pid, rows)| (pid.clone(), rows.iter().filter(|(_, (ts, _))| *ts <= t).map(|(k, v)| (k.clone(), v.clone())).collect()))
+        .collect();
+    Projections {
+        bars,
+        portfolios,
+        risk,
+        notifications: BTreeMap::new(),
+        audit: Default::default(),
+        events_by_type: BTreeMap::new(),
+    }
+}
+
+/// The views, now or as of `at`.
+fn views_at(snap: &Snapshot, at: Option<Timestamp>) -> Result<Views, Response> {
+    match at {
+        None => snap.views.clone().ok_or_else(no_projections),
+        Some(t) => {
+            let p = as_of(state_of(snap)?, t);
+            Ok(ProjectionService {
+                initial_cash: snap.initial_cash.clone(),
+            }
+            .views(&p))
+        }
+    }
+}
+
+async fn ready(State(s): State<AppState>) -> Response {
+    let snap = s.shared.get();
+    let body = json!({"ready": snap.ready, "offsets": snap.offsets, "lag": snap.lag});
+    let status = if snap.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let mut r = (status, Json(body)).into_response();
+    set_offsets_header(&mut r, &snap.offsets);
+    r
+}
+
+async fn offsets(State(s): State<AppState>, RawQuery(q): RawQuery) -> Response {
+    let p = tri!(Params::check(q, &[]));
+    let snap = tri!(p.snapshot(&s.shared).await);
+    answer(&snap, json!({"offsets": snap.offsets, "lag": snap.lag, "ready": snap.ready}))
+}
+
+async fn digest(State(s): State<AppState>, RawQuery(q): RawQuery) -> Response {
+    let p = tri!(Params::check(q, &[]));
+    let snap = tri!(p.snapshot(&s.shared).await);
     if snap.digests.is_none() {
         return no_projections();
     }
-    Json(serde_json::json!({
+    let mut r = Json(json!({
         "stages": snap.stages,
         "digests": snap.digests,
         "events": snap.events,
         "events_by_type": snap.events_by_type,
+        "offsets": snap.offsets,
         "taken_at_ms": snap.taken_at_ms,
     }))
-    .into_response()
+    .into_response();
+    set_offsets_header(&mut r, &snap.offsets);
+    r
 }
 
-async fn projections(State(s): State<SharedSnapshot>) -> Response {
-    let snap = s.get();
+async fn projections(State(s): State<AppState>, RawQuery(q): RawQuery) -> Response {
+    let p = tri!(Params::check(q, &[]));
+    let snap = tri!(p.snapshot(&s.shared).await);
     match &snap.views {
-        Some(v) => Json(v.clone()).into_response(),
+        Some(v) => answer(&snap, serde_json::to_value(v).unwrap_or(Value::Null)),
         None => no_projections(),
     }
 }
 
-async fn stats(State(s): State<SharedSnapshot>) -> Response {
-    Json(s.get().stats.clone()).into_response()
+async fn stats(State(s): State<AppState>) -> Response {
+    let snap = s.shared.get();
+    let mut r = Json(json!({"stats": snap.stats, "retries": snap.retries, "delivery": snap.delivery, "breaker": snap.breaker})).into_response();
+    set_offsets_header(&mut r, &snap.offsets);
+    r
+}
+
+async fn portfolios(State(s): State<AppState>, RawQuery(q): RawQuery) -> Response {
+    let p = tri!(Params::check(q, &[]));
+    let snap = tri!(p.snapshot(&s.shared).await);
+    let views = tri!(views_at(&snap, None));
+    answer(&snap, json!(views.portfolios.keys().collect::<Vec<_>>()))
+}
+
+fn unknown_portfolio(s: &AppState, views: &Views, id: &str) -> Response {
+    let known: BTreeSet<&String> = s.catalog.portfolios.iter().chain(views.portfolios.keys()).collect();
+    error(
+        StatusCode::NOT_FOUND,
+        format!("unknown portfolio `{id}` (known: {})", known.into_iter().cloned().collect::<Vec<_>>().join(", ")),
+    )
+}
+
+async fn portfolio(State(s): State<AppState>, Path(id): Path<String>, RawQuery(q): RawQuery) -> Response {
+    let p = tri!(Params::check(q, &["at", "series"]));
+    let at = tri!(p.at());
+    let series = tri!(p.bool("series"));
+    let snap = tri!(p.snapshot(&s.shared).await);
+    let views = tri!(views_at(&snap, at));
+    let Some(v) = views.portfolios.get(&id) else {
+        return unknown_portfolio(&s, &views, &id);
+    };
+    let mut data = serde_json::to_value(v).unwrap_or(Value::Null);
+    if !series {
+        data.as_object_mut().map(|o| o.remove("series"));
+    }
+    answer(&snap, data)
+}
+
+async fn positions(State(s): State<AppState>, Path(id): Path<String>, RawQuery(q): RawQuery) -> Response {
+    let p = tri!(Params::check(q, &["at"]));
+    let at = tri!(p.at());
+    let snap = tri!(p.snapshot(&s.shared).await);
+    let views = tri!(views_at(&snap, at));
+    match views.portfolios.get(&id) {
+        Some(v) => answer(&snap, serde_json::to_value(&v.positions).unwrap_or(Value::Null)),
+        None => unknown_portfolio(&s, &views, &id),
+    }
+}
+
+async fn risk(State(s): State<AppState>, Path(id): Path<String>, RawQuery(q): RawQuery) -> Response {
+    let p = tri!(Params::check(q, &["at"]));
+    let at = tri!(p.at());
+    let snap = tri!(p.snapshot(&s.shared).await);
+    let views = tri!(views_at(&snap, at));
+    if !views.portfolios.contains_key(&id) && !views.risk.contains_key(&id) {
+        return unknown_portfolio(&s, &views, &id);
+    }
+    let dash = views.risk.get(&id).cloned().unwrap_or(horizon_core::projections::risk_dashboard(&BTreeMap::new()));
+    answer(&snap, serde_json::to_value(dash).unwrap_or(Value::Null))
+}
+
+async fn bars(State(s): State<AppState>, Path((symbol, interval)): Path<(String, String)>, RawQuery(q): RawQuery) -> Response {
+    let p = tri!(Params::check(q, &["at", "last"]));
+    let at = tri!(p.at());
+    let last = tri!(p.usize("last"));
+    let snap = tri!(p.snapshot(&s.shared).await);
+    let state = tri!(state_of(&snap));
+    let known_symbols: BTreeSet<&String> = s.catalog.symbols.iter().chain(state.bars.keys()).collect();
+    if !known_symbols.contains(&symbol) {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("unknown symbol `{symbol}` (known: {})", known_symbols.into_iter().cloned().collect::<Vec<_>>().join(", ")),
+        );
+    }
+    let series = state.bars.get(&symbol);
+    let known_intervals: BTreeSet<&String> = s.catalog.intervals.iter().chain(series.into_iter().flat_map(|m| m.keys())).collect();
+    if !known_intervals.contains(&interval) {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "unknown interval `{interval}` for `{symbol}` (known: {})",
+                known_intervals.into_iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        );
+    }
+    let rows: Vec<&horizon_core::event::Bar> = series
+        .and_then(|m| m.get(&interval))
+        .map(|b| b.values().filter(|bar| at.is_none_or(|t| bar.end() <= t)).collect())
+        .unwrap_or_default();
+    let skip = last.map(|n| rows.len().saturating_sub(n)).unwrap_or(0);
+    answer(&snap, serde_json::to_value(&rows[skip..]).unwrap_or(Value::Null))
+}
+
+async fn notifications(State(s): State<AppState>, Path(user): Path<String>, RawQuery(q): RawQuery) -> Response {
+    let p = tri!(Params::check(q, &["last"]));
+    let last = tri!(p.usize("last"));
+    let snap = tri!(p.snapshot(&s.shared).await);
+    let Some(views) = &snap.views else { return no_projections() };
+    let feed = views.notifications.get(&user);
+    if feed.is_none() && !s.catalog.users.contains(&user) {
+        let known: BTreeSet<&String> = s.catalog.users.iter().chain(views.notifications.keys()).collect();
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("unknown user `{user}` (known: {})", known.into_iter().cloned().collect::<Vec<_>>().join(", ")),
+        );
+    }
+    let rows: Vec<Value> = feed
+        .map(|f| f.iter().map(|(ts, n)| json!({"ts": ts, "notification": n})).collect())
+        .unwrap_or_default();
+    let skip = last.map(|n| rows.len().saturating_sub(n)).unwrap_or(0);
+    answer(&snap, Value::Array(rows[skip..].to_vec()))
+}
+
+async fn event(State(s): State<AppState>, Path(id): Path<String>, RawQuery(q): RawQuery) -> Response {
+    let p = tri!(Params::check(q, &[]));
+    let snap = tri!(p.snapshot(&s.shared).await);
+    let state = tri!(state_of(&snap));
+    let chain = state.causation_chain(&id);
+    if chain.is_empty() {
+        return error(StatusCode::NOT_FOUND, format!("unknown event `{id}` (not among the {} events applied)", state.audit.len()));
+    }
+    let chain: Vec<Value> = chain.into_iter().map(|(id, entry)| json!({"id": id, "entry": entry})).collect();
+    answer(&snap, json!({"id": id, "event": chain[0]["entry"].clone(), "causation_chain": chain}))
+}
+
+/// Prometheus text exposition format (0.0.4).
+async fn metrics(State(s): State<AppState>) -> Response {
+    let snap = s.shared.get();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render_metrics(&snap)).into_response()
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+pub fn render_metrics(snap: &Snapshot) -> String {
+    let mut o = String::new();
+    let family = |o: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    family(&mut o, "horizon_ready", "gauge", "1 when every assigned projections partition is restored and caught up");
+    let _ = writeln!(o, "horizon_ready {}", u8::from(snap.ready));
+    family(&mut o, "horizon_consumer_lag", "gauge", "Records between the projections' applied offset and the partition's end");
+    for (tp, lag) in &snap.lag {
+        let (t, p) = tp.rsplit_once('/').unwrap_or((tp, ""));
+        let _ = writeln!(o, "horizon_consumer_lag{{topic=\"{}\",partition=\"{}\"}} {lag}", label(t), label(p));
+    }
+    family(&mut o, "horizon_applied_offset", "gauge", "Next offset the projections have applied per partition");
+    for (tp, off) in &snap.offsets {
+        let (t, p) = tp.rsplit_once('/').unwrap_or((tp, ""));
+        let _ = writeln!(o, "horizon_applied_offset{{topic=\"{}\",partition=\"{}\"}} {off}", label(t), label(p));
+    }
+    type Field = fn(&Stats) -> u64;
+    let counters: [(&str, &str, Field); 6] = [
+        ("horizon_records_in_total", "Records consumed per stage", |s| s.records_in),
+        ("horizon_outputs_total", "Records published per stage", |s| s.outputs),
+        ("horizon_dead_letters_total", "Records sent to the dead-letter topic per stage", |s| s.dead_letters),
+        ("horizon_restored_records_total", "Records replayed while restoring per stage", |s| s.restored_records),
+        ("horizon_snapshots_used_total", "Snapshots restored from per stage", |s| s.snapshots_used),
+        ("horizon_commits_total", "Offset commits per stage", |s| s.commits),
+    ];
+    for (name, help, f) in counters {
+        family(&mut o, name, "counter", help);
+        for (stage, st) in &snap.stats {
+            let _ = writeln!(o, "{name}{{stage=\"{}\"}} {}", label(stage), f(st));
+        }
+    }
+    family(&mut o, "horizon_events_processed_total", "counter", "Events handled per stage and event type");
+    for (stage, st) in &snap.stats {
+        for (ty, n) in &st.events_in {
+            let _ = writeln!(o, "horizon_events_processed_total{{stage=\"{}\",type=\"{}\"}} {n}", label(stage), label(ty.as_str()));
+        }
+    }
+    family(&mut o, "horizon_projection_events", "gauge", "Distinct events applied by the projections, by type");
+    for (ty, n) in &snap.events_by_type {
+        let _ = writeln!(o, "horizon_projection_events{{type=\"{}\"}} {n}", label(ty.as_str()));
+    }
+    family(&mut o, "horizon_retries_total", "counter", "Steps refused by the broker or sink (backoff) per stage");
+    for (stage, n) in &snap.retries {
+        let _ = writeln!(o, "horizon_retries_total{{stage=\"{}\"}} {n}", label(stage));
+    }
+    family(&mut o, "horizon_step_duration_seconds", "histogram", "Duration of a stage step that handled records");
+    for (stage, h) in &snap.latency {
+        let st = label(stage);
+        for (b, n) in LATENCY_BUCKETS.iter().zip(h.buckets) {
+            let _ = writeln!(o, "horizon_step_duration_seconds_bucket{{stage=\"{st}\",le=\"{b}\"}} {n}");
+        }
+        let _ = writeln!(o, "horizon_step_duration_seconds_bucket{{stage=\"{st}\",le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(o, "horizon_step_duration_seconds_sum{{stage=\"{st}\"}} {}", h.sum_seconds);
+        let _ = writeln!(o, "horizon_step_duration_seconds_count{{stage=\"{st}\"}} {}", h.count);
+    }
+    if let Some(d) = &snap.delivery {
+        family(&mut o, "horizon_notify_deliveries_total", "counter", "Notification deliveries by outcome");
+        for (outcome, n) in [("delivered", d.delivered), ("already_delivered", d.already_delivered), ("failed", d.failures), ("skipped", d.skipped)] {
+            let _ = writeln!(o, "horizon_notify_deliveries_total{{outcome=\"{outcome}\"}} {n}");
+        }
+    }
+    if let Some(b) = &snap.breaker {
+        family(&mut o, "horizon_notify_breaker_state", "gauge", "1 for the notify sink circuit breaker's current state");
+        for state in ["Closed", "Open", "HalfOpen"] {
+            let _ = writeln!(o, "horizon_notify_breaker_state{{state=\"{state}\"}} {}", u8::from(b == state));
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_parse_and_format_round_trip() {
+        let o = parse_offsets("market.feed/0:12, signals/1:3").unwrap();
+        assert_eq!(o.get("market.feed/0"), Some(&12));
+        assert_eq!(format_offsets(&o), "market.feed/0:12,signals/1:3");
+        assert!(parse_offsets("market.feed:12").is_none());
+        assert!(parse_offsets("market.feed/x:12").is_none());
+        assert!(parse_offsets("market.feed/0:-1").is_none());
+    }
+
+    #[test]
+    fn every_route_is_in_the_openapi_document_and_back() {
+        let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json parses");
+        assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+        let documented: BTreeSet<&str> = doc["paths"].as_object().unwrap().keys().map(String::as_str).collect();
+        let served: BTreeSet<&str> = ROUTES.iter().copied().collect();
+        assert_eq!(documented, served);
+    }
 }

@@ -84,3 +84,29 @@ impl horizon_core::bus::Producer for DiscardProducer {
         Ok(())
     }
 }
+
+/// Every record of every topic partition from offset 0 up to its end offset of now, in topic,
+/// partition and offset order (`horizon audit verify --brokers`).
+pub fn read_log(config: &KafkaConfig, group_prefix: &str) -> Result<Vec<horizon_core::bus::Record>, BusError> {
+    let group = replica_group(group_prefix, "audit");
+    // Never subscribed to anything it polls: only `fetch` (assign + seek) is used.
+    let mut consumer = KafkaConsumer::new(config, &group, &[topics::DEADLETTER])?;
+    let mut out = Vec::new();
+    for spec in topics::ALL {
+        for partition in 0..spec.partitions {
+            let tp = TopicPartition { topic: spec.name, partition };
+            let end = consumer.end_offset(tp)?;
+            let mut from = 0;
+            while from < end {
+                let to = (from + 65_536).min(end);
+                let got = consumer.fetch(tp, from, to)?;
+                let Some(last) = got.last() else {
+                    return Err(BusError::Unavailable(format!("{tp}: no records in {from}..{to}")));
+                };
+                from = last.offset + 1;
+                out.extend(got);
+            }
+        }
+    }
+    Ok(out)
+}

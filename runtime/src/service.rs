@@ -19,10 +19,11 @@
 //! - A restarted process recovers each stage's state by replay on assignment (the loop's
 //!   restore), the same mechanism the simulator's crash fault exercises.
 
-use crate::api::{SharedSnapshot, Snapshot};
+use crate::api::{Histogram, SharedSnapshot, Snapshot};
 use crate::kafka::{KafkaConfig, KafkaConsumer, KafkaProducer};
 use crate::notify::{CircuitBreaker, DeliveryCounters, DeliveryStage, Sink};
-use horizon_core::bus::BusError;
+use crate::snapshots::SnapshotDir;
+use horizon_core::bus::{BusError, Consumer, Polled, Record, TopicPartition};
 use horizon_core::pipeline::{Pipeline, Stage};
 use horizon_core::processor::{Stats, StepOutcome};
 use horizon_core::scenario::Scenario;
@@ -133,6 +134,14 @@ pub struct ServiceOptions {
     /// Where the `notify` stage delivers (required when it is selected).
     pub sink: Option<Box<dyn Sink>>,
     pub breaker: CircuitBreaker,
+    /// Where stage snapshots are kept (`--state-dir`): offered at start, saved every
+    /// `snapshot_records` records or `snapshot_interval` and at a clean stop.
+    pub state_dir: Option<SnapshotDir>,
+    pub snapshot_records: u64,
+    pub snapshot_interval: Duration,
+    /// Ready when every assigned projections partition is restored and within this many records
+    /// of its end.
+    pub ready_lag: u64,
 }
 
 impl ServiceOptions {
@@ -147,6 +156,10 @@ impl ServiceOptions {
             drain_timeout: Duration::from_secs(30),
             sink: None,
             breaker: CircuitBreaker::new(5, Duration::from_secs(10)),
+            state_dir: None,
+            snapshot_records: 100_000,
+            snapshot_interval: Duration::from_secs(30),
+            ready_lag: 0,
         }
     }
 }
@@ -166,6 +179,48 @@ struct Member {
     failures: u32,
     not_before: Option<Instant>,
     last_error: Option<BusError>,
+    /// Next offset applied (committed, or restored up to) per partition: the freshness token.
+    applied: BTreeMap<TopicPartition, u64>,
+    /// The partitions' end offsets as last seen (for lag and readiness).
+    ends: BTreeMap<TopicPartition, u64>,
+    /// Duration of steps that handled records.
+    latency: Histogram,
+}
+
+/// The member's consumer seen by its stage: records what the stage commits (and what a restore
+/// replays up to) as the offsets its state reflects.
+struct Tracking<'a> {
+    inner: &'a mut KafkaConsumer,
+    applied: &'a mut BTreeMap<TopicPartition, u64>,
+}
+
+impl Consumer for Tracking<'_> {
+    fn poll(&mut self, max_records: usize) -> Result<Polled, BusError> {
+        let p = self.inner.poll(max_records)?;
+        if let Polled::Revoked(tps) = &p {
+            for tp in tps {
+                self.applied.remove(tp);
+            }
+        }
+        Ok(p)
+    }
+    fn commit(&mut self, offsets: &[(TopicPartition, u64)]) -> Result<(), BusError> {
+        self.inner.commit(offsets)?;
+        for (tp, o) in offsets {
+            let e = self.applied.entry(*tp).or_insert(0);
+            *e = (*e).max(*o);
+        }
+        Ok(())
+    }
+    fn committed(&mut self, tp: TopicPartition) -> Result<u64, BusError> {
+        let o = self.inner.committed(tp)?;
+        let e = self.applied.entry(tp).or_insert(0);
+        *e = (*e).max(o);
+        Ok(o)
+    }
+    fn fetch(&mut self, tp: TopicPartition, from: u64, to: u64) -> Result<Vec<Record>, BusError> {
+        self.inner.fetch(tp, from, to)
+    }
 }
 
 /// What one round of `step_round` did.
@@ -234,7 +289,27 @@ impl ServiceProcess {
                 failures: 0,
                 not_before: None,
                 last_error: None,
+                applied: BTreeMap::new(),
+                ends: BTreeMap::new(),
+                latency: Histogram::default(),
             });
+        }
+        if let Some(dir) = &options.state_dir {
+            for &kind in &options.stages {
+                if kind == StageKind::Notify {
+                    continue;
+                }
+                let stage = stage_of(&mut pipeline, kind);
+                let saved = dir
+                    .load_all(stage.name())
+                    .map_err(|e| BusError::Fatal(format!("--state-dir: {e}")))?;
+                for (task, bytes) in saved {
+                    match stage.offer_snapshot(&bytes) {
+                        Ok(_) => eprintln!("horizon: {}: task {task}: restoring from its snapshot plus the log's tail", stage.name()),
+                        Err(e) => eprintln!("horizon: {}: task {task}: snapshot refused ({e}); replaying the log", stage.name()),
+                    }
+                }
+            }
         }
         Ok(ServiceProcess {
             pipeline,
@@ -264,8 +339,16 @@ impl ServiceProcess {
             StageKind::Notify => self.delivery.as_mut().expect("notify member has a delivery stage"),
             kind => stage_of(&mut self.pipeline, kind),
         };
-        match stage.step(&mut m.consumer, &mut self.producer, self.options.max_records) {
-            Ok(StepOutcome::Progress(_)) => {
+        let started = Instant::now();
+        let mut tracking = Tracking {
+            inner: &mut m.consumer,
+            applied: &mut m.applied,
+        };
+        match stage.step(&mut tracking, &mut self.producer, self.options.max_records) {
+            Ok(StepOutcome::Progress(n)) => {
+                if n > 0 {
+                    m.latency.observe(started.elapsed());
+                }
                 m.failures = 0;
                 m.not_before = None;
                 m.last_error = None;
@@ -315,12 +398,31 @@ impl ServiceProcess {
         let mut last_snapshot = Instant::now();
         let mut snapshot_gap = self.options.snapshot_every;
         let mut projections_dirty = true;
+        let mut last_ends = Instant::now() - Duration::from_secs(60);
+        let mut last_save = Instant::now();
+        let mut records_at_save = self.records_in();
         if let Some(s) = snapshot {
+            self.refresh_ends();
             s.set(self.snapshot());
         }
         while !stop.load(Ordering::SeqCst) {
             let round = self.step_round()?;
             projections_dirty |= round.projections_moved;
+            if self.options.state_dir.is_some() {
+                let records = self.records_in();
+                if records.saturating_sub(records_at_save) >= self.options.snapshot_records
+                    || last_save.elapsed() >= self.options.snapshot_interval
+                {
+                    self.save_snapshots();
+                    records_at_save = records;
+                    last_save = Instant::now();
+                }
+            }
+            if snapshot.is_some() && last_ends.elapsed() >= Duration::from_secs(1) {
+                self.refresh_ends();
+                last_ends = Instant::now();
+                projections_dirty = true;
+            }
             if let Some(s) = snapshot {
                 // Digests and views are computed from the whole projection state: refresh at
                 // most every `snapshot_every`, and never spend more than a fifth of the time on it.
@@ -334,10 +436,51 @@ impl ServiceProcess {
             }
         }
         let unsettled = self.drain()?;
+        if self.options.state_dir.is_some() {
+            self.save_snapshots();
+        }
         if let Some(s) = snapshot {
             s.set(self.snapshot());
         }
         Ok(self.report(unsettled))
+    }
+
+    fn records_in(&self) -> u64 {
+        self.members.iter().map(|m| self.stage_stats(m.kind).records_in).sum()
+    }
+
+    /// Saves every stage's snapshots (a stage with unsettled work has none right now).
+    pub fn save_snapshots(&mut self) {
+        let Some(dir) = &self.options.state_dir else { return };
+        for m in &self.members {
+            if m.kind == StageKind::Notify {
+                continue;
+            }
+            let stage: &dyn Stage = match m.kind {
+                StageKind::Market => &self.pipeline.market,
+                StageKind::Signals => &self.pipeline.signals,
+                StageKind::Portfolio => &self.pipeline.manager,
+                _ => &self.pipeline.projections,
+            };
+            for (task, bytes) in stage.snapshot() {
+                if let Err(e) = dir.save(stage.name(), task, &bytes) {
+                    eprintln!("horizon: {}: saving the snapshot of task {task}: {e}", stage.name());
+                }
+            }
+        }
+    }
+
+    /// Reads the end offsets of the projections stage's assigned partitions (lag, readiness).
+    fn refresh_ends(&mut self) {
+        for m in self.members.iter_mut().filter(|m| m.kind == StageKind::Projections) {
+            let assigned = m.consumer.assignment();
+            m.ends.retain(|tp, _| assigned.contains(tp));
+            for tp in assigned {
+                if let Ok(end) = m.consumer.end_offset(tp) {
+                    m.ends.insert(tp, end);
+                }
+            }
+        }
     }
 
     /// After a stop request: steps every member whose last step was refused until it goes
@@ -391,12 +534,39 @@ impl ServiceProcess {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
+            ready: !self.runs_projections(),
+            initial_cash: self.pipeline.projections.service().initial_cash.clone(),
             ..Snapshot::default()
         };
         for m in &self.members {
             s.stats.insert(m.kind.name().to_string(), self.stage_stats(m.kind).clone());
+            s.latency.insert(m.kind.name().to_string(), m.latency.clone());
+            if m.kind == StageKind::Projections {
+                let assigned = m.consumer.assignment();
+                s.offsets = assigned
+                    .iter()
+                    .filter_map(|tp| m.applied.get(tp).map(|o| (tp.to_string(), *o)))
+                    .collect();
+                for tp in &assigned {
+                    let applied = m.applied.get(tp).copied().unwrap_or(0);
+                    let end = m.ends.get(tp).copied().unwrap_or(applied);
+                    s.lag.insert(tp.to_string(), end.saturating_sub(applied));
+                }
+                s.ready = !assigned.is_empty()
+                    && assigned.iter().all(|tp| m.applied.contains_key(tp))
+                    && s.lag.values().all(|l| *l <= self.options.ready_lag)
+                    && m.ends.len() == assigned.len();
+            }
         }
+        if let Some(d) = &self.delivery {
+            s.delivery = Some(d.counters.clone());
+            s.breaker = Some(format!("{:?}", d.breaker.state()));
+        }
+        s.retries = self.retries.clone();
         if self.runs_projections() {
+            if let Some(p) = self.pipeline.projections() {
+                s.projections = Some(Arc::new(p.clone()));
+            }
             s.digests = Some(self.pipeline.digests());
             s.views = Some(self.pipeline.views());
             if let Some(p) = self.pipeline.projections() {
