@@ -173,9 +173,6 @@ pub enum BenchCommand {
     /// Simulator throughput: events/s per core (kafka profile vs the fault-free in-memory run),
     /// seeds per minute on every core, virtual-time speed-up.
     Sim(BenchSimArgs),
-    /// The whole pipeline on a real Kafka broker next to raw rdkafka produce-then-consume:
-    /// events/s and publish-to-projection latency percentiles.
-    Kafka(crate::bench_kafka_cmd::BenchKafkaArgs),
 }
 
 #[derive(clap::Args)]
@@ -258,7 +255,7 @@ pub fn run_explore(args: ExploreArgs) -> Result<(), String> {
     bar.finish_and_clear();
     let wall = started.elapsed();
     println!(
-        "{} seeds in {:.2} s on {jobs} threads: {:.0} seeds/s ({:.0} a minute); {} failed",
+        "{} seeds in {:.2} s on {jobs} threads: {:.1} seeds/s ({:.0} a minute); {} failed",
         total,
         wall.as_secs_f64(),
         total as f64 / wall.as_secs_f64(),
@@ -484,7 +481,6 @@ pub fn run_shrink(args: ShrinkArgs) -> Result<(), String> {
 pub fn run_bench(cmd: BenchCommand) -> Result<(), String> {
     match cmd {
         BenchCommand::Sim(args) => bench_sim(args),
-        BenchCommand::Kafka(args) => crate::bench_kafka_cmd::run(args),
     }
 }
 
