@@ -173,6 +173,9 @@ pub enum BenchCommand {
     /// Simulator throughput: events/s per core (kafka profile vs the fault-free in-memory run),
     /// seeds per minute on every core, virtual-time speed-up.
     Sim(BenchSimArgs),
+    /// The whole pipeline on a real Kafka broker next to raw rdkafka produce-then-consume:
+    /// events/s and publish-to-projection latency percentiles.
+    Kafka(crate::bench_kafka_cmd::BenchKafkaArgs),
 }
 
 #[derive(clap::Args)]
@@ -481,6 +484,7 @@ pub fn run_shrink(args: ShrinkArgs) -> Result<(), String> {
 pub fn run_bench(cmd: BenchCommand) -> Result<(), String> {
     match cmd {
         BenchCommand::Sim(args) => bench_sim(args),
+        BenchCommand::Kafka(args) => crate::bench_kafka_cmd::run(args),
     }
 }
 
