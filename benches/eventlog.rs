@@ -65,11 +65,11 @@ fn bench(c: &mut Criterion) {
     // Recovery: a snapshot taken at 90% of the log plus the last 10%, against a full replay.
     let cut = log.len() * 9 / 10;
     let at_cut = rebuild(&log[..cut]);
-    let snap = snapshot::encode("projections", 0, &Default::default(), &serde_json::to_vec(&at_cut).unwrap());
+    let snap = snapshot::encode("projections", 0, &Default::default(), &snapshot::state_to_bytes(&at_cut).unwrap());
     g.bench_function("recover_snapshot_plus_tail_10pct", |b| {
         b.iter(|| {
             let decoded = snapshot::decode(&snap).unwrap();
-            let mut p: Projections = serde_json::from_str(decoded.state.get()).unwrap();
+            let mut p: Projections = snapshot::state_from_bytes(&decoded.state).unwrap();
             for r in &log[cut..] {
                 if let Ok(e) = Event::decode(&r.value) {
                     p.apply(&e);

@@ -294,14 +294,22 @@ impl fmt::Debug for Fixed {
 }
 
 // Serialized as decimal text so snapshots and JSON stay exact and readable.
+// Binary formats (snapshots) carry the raw units instead.
 impl Serialize for Fixed {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            s.serialize_i64(self.0)
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for Fixed {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Fixed, D::Error> {
+        if !d.is_human_readable() {
+            return i64::deserialize(d).map(Fixed);
+        }
         struct V;
         impl serde::de::Visitor<'_> for V {
             type Value = Fixed;

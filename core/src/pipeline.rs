@@ -363,9 +363,13 @@ mod tests {
         let market_snap = run.pipeline.market.snapshot();
         let err = run.pipeline.signals.offer_snapshot(&market_snap[0].1).unwrap_err();
         assert!(err.contains("`market`"), "{err}");
-        let mut v: serde_json::Value = serde_json::from_slice(&market_snap[0].1).unwrap();
+        let bytes = &market_snap[0].1;
+        let header_end = bytes.iter().position(|b| *b == b'\n').unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&bytes[..header_end]).unwrap();
         v["version"] = serde_json::json!(99);
-        let err = run.pipeline.market.offer_snapshot(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        let mut forged = serde_json::to_vec(&v).unwrap();
+        forged.extend_from_slice(&bytes[header_end..]);
+        let err = run.pipeline.market.offer_snapshot(&forged).unwrap_err();
         assert!(err.contains("99"), "{err}");
     }
 }

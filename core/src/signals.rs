@@ -255,11 +255,11 @@ impl Service for SignalService {
     type State = SignalState;
 
     fn encode_state(&self, state: &Self::State) -> Option<Vec<u8>> {
-        crate::snapshot::state_to_json(state)
+        crate::snapshot::state_to_bytes(state)
     }
 
     fn decode_state(&self, bytes: &[u8]) -> Option<Self::State> {
-        crate::snapshot::state_from_json(bytes)
+        crate::snapshot::state_from_bytes(bytes)
     }
 
     fn name(&self) -> &'static str {

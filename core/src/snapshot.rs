@@ -1,57 +1,74 @@
 //! Snapshots of a task's state with the offsets it covers, so recovery is the latest snapshot
 //! plus a replay of each partition's tail instead of a replay from the start.
 //!
-//! The format is versioned JSON: `{version, service, task, offsets: [[topic, partition, next
-//! offset]], state}`. Writing it atomically (a crash mid-write leaves the previous snapshot
+//! The format is a versioned JSON header line `{version, service, task, offsets: [[topic,
+//! partition, next offset]]}` followed by the state's bytes in the service's own encoding. Writing it atomically (a crash mid-write leaves the previous snapshot
 //! usable) is the edge's job; the processor only encodes, decodes and applies.
 
 use crate::bus::TopicPartition;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 
-pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_VERSION: u32 = 2;
 
-#[derive(Serialize)]
-struct Out<'a> {
+#[derive(Serialize, Deserialize)]
+struct Header {
     version: u32,
-    service: &'a str,
+    service: String,
     task: u32,
-    offsets: Vec<(&'a str, u32, u64)>,
-    state: &'a RawValue,
+    offsets: Vec<(String, u32, u64)>,
 }
 
-#[derive(Deserialize)]
 pub struct Snapshot {
     pub version: u32,
     pub service: String,
     pub task: u32,
     pub offsets: Vec<(String, u32, u64)>,
-    pub state: Box<RawValue>,
+    /// The state as the service encoded it (`Service::encode_state`).
+    pub state: Vec<u8>,
 }
 
-/// `state` must be JSON (what `Service::encode_state` returns).
+/// A JSON header line (readable with `head -1`), then the state's bytes.
 pub fn encode(service: &str, task: u32, offsets: &BTreeMap<TopicPartition, u64>, state: &[u8]) -> Vec<u8> {
-    let state: &RawValue = serde_json::from_slice(state).expect("service states encode as JSON");
-    let out = Out {
+    let header = Header {
         version: SNAPSHOT_VERSION,
-        service,
+        service: service.to_string(),
         task,
-        offsets: offsets.iter().map(|(tp, o)| (tp.topic, tp.partition, *o)).collect(),
-        state,
+        offsets: offsets.iter().map(|(tp, o)| (tp.topic.to_string(), tp.partition, *o)).collect(),
     };
-    serde_json::to_vec(&out).expect("a snapshot serialises")
+    let mut out = serde_json::to_vec(&header).expect("a header serialises");
+    out.push(b'\n');
+    out.extend_from_slice(state);
+    out
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
-    let snap: Snapshot = serde_json::from_slice(bytes).map_err(|e| format!("not a snapshot: {e}"))?;
-    if snap.version != SNAPSHOT_VERSION {
-        return Err(format!("snapshot version {} (this build reads {SNAPSHOT_VERSION})", snap.version));
+    let split = bytes.iter().position(|b| *b == b'\n').ok_or("not a snapshot: no header line")?;
+    let header: Header = serde_json::from_slice(&bytes[..split]).map_err(|e| format!("not a snapshot: {e}"))?;
+    if header.version != SNAPSHOT_VERSION {
+        return Err(format!("snapshot version {} (this build reads {SNAPSHOT_VERSION})", header.version));
     }
-    Ok(snap)
+    Ok(Snapshot {
+        version: header.version,
+        service: header.service,
+        task: header.task,
+        offsets: header.offsets,
+        state: bytes[split + 1..].to_vec(),
+    })
 }
 
-/// `encode_state` for services whose state is serde-serialisable.
+/// `encode_state` for services whose state is serde-serialisable: postcard, a compact binary
+/// format (decimals and times as their integer units).
+pub fn state_to_bytes<T: Serialize>(state: &T) -> Option<Vec<u8>> {
+    postcard::to_stdvec(state).ok()
+}
+
+pub fn state_from_bytes<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Option<T> {
+    postcard::from_bytes(bytes).ok()
+}
+
+/// JSON, for states holding values only a self-describing format can read back (events, whose
+/// payload is a tagged enum).
 pub fn state_to_json<T: Serialize>(state: &T) -> Option<Vec<u8>> {
     serde_json::to_vec(state).ok()
 }

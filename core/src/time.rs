@@ -10,12 +10,19 @@ pub struct Timestamp(pub i64);
 // Serialized as RFC 3339 text with full nanosecond precision, so JSON and snapshots are readable.
 impl Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.to_rfc3339_nanos())
+        if s.is_human_readable() {
+            s.collect_str(&self.to_rfc3339_nanos())
+        } else {
+            s.serialize_i64(self.0)
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        if !d.is_human_readable() {
+            return i64::deserialize(d).map(Timestamp);
+        }
         let text = String::deserialize(d)?;
         Timestamp::parse_rfc3339(&text).ok_or_else(|| serde::de::Error::custom(format!("`{text}` is not an RFC 3339 time")))
     }
