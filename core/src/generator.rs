@@ -472,6 +472,9 @@ impl Iterator for MarketGenerator {
                     Fixed::ZERO - price
                 };
             } else {
+                // Keep the id unique: trade ids count per symbol, so two symbols' garbage trades
+                // would otherwise share exchange, symbol and id, and so one event id.
+                trade.trade_id = format!("{}-{}", trade.symbol, trade.trade_id);
                 trade.symbol = UNKNOWN_SYMBOL.to_string();
             }
         }
