@@ -48,14 +48,24 @@ pub fn run(cmd: AuditCommand) -> Result<(), String> {
                 // What was written must verify, and to the same heads.
                 let report = verify(read_log(out)?).map_err(|t| format!("{}: {t}", out.display()))?;
                 if report.records != records.len() as u64 {
-                    return Err(format!("{}: {} records written, {} verified", out.display(), records.len(), report.records));
+                    return Err(format!(
+                        "{}: {} records written, {} verified",
+                        out.display(),
+                        records.len(),
+                        report.records
+                    ));
                 }
             }
             if json {
                 let v = serde_json::json!({"records": records.len(), "heads": seal.heads, "exported": export});
                 println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
             } else {
-                println!("{}: {} records in {} partitions, chained", config.bootstrap, records.len(), seal.heads.len());
+                println!(
+                    "{}: {} records in {} partitions, chained",
+                    config.bootstrap,
+                    records.len(),
+                    seal.heads.len()
+                );
                 for (chain, head) in &seal.heads {
                     println!("  {chain:<18} {:>8} records  head {}", head.records, hex(&head.hash));
                 }
@@ -65,7 +75,9 @@ pub fn run(cmd: AuditCommand) -> Result<(), String> {
             }
             Ok(())
         }
-        AuditCommand::Verify { path: Some(path), json, .. } => {
+        AuditCommand::Verify {
+            path: Some(path), json, ..
+        } => {
             let lines = read_log(&path)?;
             let report = verify(lines).map_err(|t| format!("{}: {t}", path.display()))?;
             if json {

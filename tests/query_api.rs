@@ -18,7 +18,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const SCENARIO: &str = "chop";
-const CLIENT_PROPERTIES: &str = "session.timeout.ms=6000\nheartbeat.interval.ms=500\nreconnect.backoff.ms=50\nreconnect.backoff.max.ms=500\n";
+const CLIENT_PROPERTIES: &str =
+    "session.timeout.ms=6000\nheartbeat.interval.ms=500\nreconnect.backoff.ms=50\nreconnect.backoff.max.ms=500\n";
 
 fn horizon() -> Command {
     Command::new(env!("CARGO_BIN_EXE_horizon"))
@@ -50,7 +51,12 @@ impl Broker {
                 .output()
                 .expect("run scripts/kafka");
             if out.status.success() {
-                let bootstrap = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string();
+                let bootstrap = String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
                 let b = Broker { state, bootstrap };
                 std::fs::write(b.properties(), CLIENT_PROPERTIES).unwrap();
                 return b;
@@ -81,7 +87,12 @@ impl Drop for Broker {
 
 fn cli(args: &[&str]) -> String {
     let out = horizon().args(args).output().unwrap();
-    assert!(out.status.success(), "horizon {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "horizon {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -117,6 +128,14 @@ impl Service {
         get(self.port, path).unwrap_or_else(|| panic!("GET {path}: no answer\n{}", self.logs()))
     }
 
+    fn wait_up(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while get(self.port, "/health").is_none() {
+            assert!(Instant::now() < deadline, "no query API\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -135,7 +154,10 @@ impl Service {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        panic!("projections never reached the simulator's digests {want}\nlast: {last}\nlog:\n{}", self.logs());
+        panic!(
+            "projections never reached the simulator's digests {want}\nlast: {last}\nlog:\n{}",
+            self.logs()
+        );
     }
 }
 
@@ -189,7 +211,10 @@ fn get(port: u16, path: &str) -> Option<Reply> {
 
 /// The `X-Horizon-Offsets` header, parsed.
 fn token(r: &Reply) -> BTreeMap<String, u64> {
-    let h = r.headers.get("x-horizon-offsets").unwrap_or_else(|| panic!("no X-Horizon-Offsets header: {:?}", r.headers));
+    let h = r
+        .headers
+        .get("x-horizon-offsets")
+        .unwrap_or_else(|| panic!("no X-Horizon-Offsets header: {:?}", r.headers));
     h.split(',')
         .filter(|p| !p.is_empty())
         .map(|p| {
@@ -201,7 +226,9 @@ fn token(r: &Reply) -> BTreeMap<String, u64> {
 
 fn feed(broker: &Broker, rate: Option<&str>) -> Child {
     let mut cmd = horizon();
-    cmd.args(["feed", SCENARIO, "--brokers", &broker.bootstrap]).arg("--config").arg(broker.properties());
+    cmd.args(["feed", SCENARIO, "--brokers", &broker.bootstrap])
+        .arg("--config")
+        .arg(broker.properties());
     if let Some(r) = rate {
         cmd.args(["--rate", r]);
     }
@@ -238,26 +265,28 @@ fn the_query_api_on_a_real_broker_then_audit_export_then_snapshot_restart() {
         "--state-dir",
         state_dir.to_str().unwrap(),
         "--snapshot-records",
-        "20000",
+        "5000",
         "--projections-group",
         "query-test.projections",
         "--group-prefix",
         "query-test",
     ];
     let svc = Service::start(&broker, "first", &snap_args);
+    svc.wait_up();
     // Not ready before it has its assignment and has caught up; answers 503 with JSON meanwhile.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while get(svc.port, "/health").is_none() {
-        assert!(Instant::now() < deadline, "no query API\n{}", svc.logs());
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let r = svc.get("/ready");
     assert!(r.status == 200 || r.status == 503, "{}", r.body);
     assert!(r.json()["ready"].is_boolean());
 
     // Fed at a bounded rate; the process is SIGKILLed midway.
     let feeding = feed(&broker, Some("10000/s"));
-    std::thread::sleep(Duration::from_millis(3500));
+    // Killed once a projections snapshot is on disk (the group's first join takes ~3 s).
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !state_dir.join("projections-0.snap").exists() {
+        assert!(Instant::now() < deadline, "no projections snapshot within 40 s\n{}", svc.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
     let before = svc.get("/stats").json();
     drop(svc); // SIGKILL
     wait_ok(feeding);
@@ -266,10 +295,17 @@ fn the_query_api_on_a_real_broker_then_audit_export_then_snapshot_restart() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(saved.iter().any(|n| n.starts_with("projections-")), "no projections snapshot saved: {saved:?}");
-    eprintln!("killed after {} projection records; snapshots {saved:?}", before["stats"]["projections"]["records_in"]);
+    assert!(
+        saved.iter().any(|n| n.starts_with("projections-")),
+        "no projections snapshot saved: {saved:?}"
+    );
+    eprintln!(
+        "killed after {} projection records; snapshots {saved:?}",
+        before["stats"]["projections"]["records_in"]
+    );
 
     let svc = Service::start(&broker, "restarted", &snap_args);
+    svc.wait_up();
     // Read-your-writes: wait until every market.feed record published is applied.
     let min: Vec<String> = ends.iter().map(|(tp, o)| format!("{tp}:{o}")).collect();
     let r = svc.get(&format!("/portfolios/alpha?min_offsets={}&timeout_ms=45000", min.join(",")));
@@ -278,12 +314,19 @@ fn the_query_api_on_a_real_broker_then_audit_export_then_snapshot_restart() {
     for (tp, o) in &ends {
         assert!(got[tp] >= *o, "{tp}: answer reflects {} < asked {o}", got[tp]);
     }
-    assert_eq!(r.json()["offsets"], serde_json::to_value(&got).unwrap(), "header and body offsets agree");
+    assert_eq!(
+        r.json()["offsets"],
+        serde_json::to_value(&got).unwrap(),
+        "header and body offsets agree"
+    );
     let d = svc.await_digests(&want, Duration::from_secs(60));
     eprintln!("restarted process reached the simulator's digests: {}", d["digests"]["all"]);
     let stats = svc.get("/stats").json();
     let p = &stats["stats"]["projections"];
-    assert!(p["snapshots_used"].as_u64().unwrap() >= 1, "the restart did not restore from a snapshot: {stats}");
+    assert!(
+        p["snapshots_used"].as_u64().unwrap() >= 1,
+        "the restart did not restore from a snapshot: {stats}"
+    );
     eprintln!(
         "restart: projections snapshots_used {} restored_records {} records_in {}; portfolio snapshots_used {}",
         p["snapshots_used"], p["restored_records"], p["records_in"], stats["stats"]["portfolio"]["snapshots_used"]
@@ -310,7 +353,16 @@ fn the_query_api_on_a_real_broker_then_audit_export_then_snapshot_restart() {
     assert_eq!(list.json()["data"], serde_json::json!(["alpha"]));
     let pf = svc.get("/portfolios/alpha?series=true");
     let v = pf.json();
-    for field in ["portfolio_id", "cash", "positions", "value", "realized_pnl", "total_pnl", "max_drawdown", "series"] {
+    for field in [
+        "portfolio_id",
+        "cash",
+        "positions",
+        "value",
+        "realized_pnl",
+        "total_pnl",
+        "max_drawdown",
+        "series",
+    ] {
         assert!(!v["data"][field].is_null(), "portfolio has no `{field}`: {v}");
     }
     assert!(!token(&pf).is_empty());
@@ -327,11 +379,17 @@ fn the_query_api_on_a_real_broker_then_audit_export_then_snapshot_restart() {
     assert_eq!(last3["data"].as_array().unwrap().len(), 3);
     // Time travel: bars and the portfolio as of the 10th bar's end.
     let tenth_start = bars["data"][9]["start"].as_str().unwrap().to_string();
-    let early = svc.get(&format!("/bars/BTCUSDT/1m?at={}", tenth_start.replace(':', "%3A").replace('+', "%2B")));
+    let early = svc.get(&format!(
+        "/bars/BTCUSDT/1m?at={}",
+        tenth_start.replace(':', "%3A").replace('+', "%2B")
+    ));
     assert_eq!(early.status, 200, "{}", early.body);
     let n_early = early.json()["data"].as_array().unwrap().len();
     assert!(n_early < all && n_early >= 9, "{n_early} bars as of {tenth_start}, {all} now");
-    let pf_early = svc.get(&format!("/portfolios/alpha?at={}", tenth_start.replace(':', "%3A").replace('+', "%2B")));
+    let pf_early = svc.get(&format!(
+        "/portfolios/alpha?at={}",
+        tenth_start.replace(':', "%3A").replace('+', "%2B")
+    ));
     assert_eq!(pf_early.status, 200, "{}", pf_early.body);
     let feed_alice = svc.get("/users/alice/notifications").json();
     let notes = feed_alice["data"].as_array().unwrap();
@@ -341,10 +399,17 @@ fn the_query_api_on_a_real_broker_then_audit_export_then_snapshot_restart() {
     assert!(projections["data"]["portfolios"]["alpha"].is_object());
     let some_note = notes
         .first()
-        .or_else(|| projections["data"]["notifications"].as_object().and_then(|m| m.values().find_map(|f| f.as_array()?.first())))
+        .or_else(|| {
+            projections["data"]["notifications"]
+                .as_object()
+                .and_then(|m| m.values().find_map(|f| f.as_array()?.first()))
+        })
         .cloned();
     if let Some(n) = some_note {
-        let id = n["notification"]["notification_id"].as_str().or(n[1]["notification_id"].as_str()).map(str::to_string);
+        let id = n["notification"]["notification_id"]
+            .as_str()
+            .or(n[1]["notification_id"].as_str())
+            .map(str::to_string);
         if let Some(id) = id {
             eprintln!("notification id {id}");
         }
@@ -353,7 +418,11 @@ fn the_query_api_on_a_real_broker_then_audit_export_then_snapshot_restart() {
     // id the digest endpoint's audit count covers. Use the causation chain of a notification's
     // source event where known, else of a bar.
     let audit_ids = event_ids(&broker);
-    let deep = audit_ids.iter().find(|id| id.starts_with("ntf") || id.contains("notif")).or(audit_ids.last()).unwrap();
+    let deep = audit_ids
+        .iter()
+        .find(|id| id.starts_with("ntf") || id.contains("notif"))
+        .or(audit_ids.last())
+        .unwrap();
     let ev = svc.get(&format!("/events/{deep}"));
     assert_eq!(ev.status, 200, "{}", ev.body);
     let chain = ev.json()["data"]["causation_chain"].as_array().unwrap().clone();
@@ -371,7 +440,8 @@ fn the_query_api_on_a_real_broker_then_audit_export_then_snapshot_restart() {
     svc.get("/portfolios/alpha?series=perhaps").assert_error(400, "series");
     svc.get("/portfolios/alpha?colour=red").assert_error(400, "colour");
     svc.get("/portfolios/alpha?min_offsets=nonsense").assert_error(400, "min_offsets");
-    svc.get("/portfolios/alpha?min_offsets=market.feed/0:1&timeout_ms=-3").assert_error(400, "timeout_ms");
+    svc.get("/portfolios/alpha?min_offsets=market.feed/0:1&timeout_ms=-3")
+        .assert_error(400, "timeout_ms");
     svc.get("/nowhere").assert_error(404, "/nowhere");
     // Read-your-writes timeout: offsets nobody wrote yet.
     let t = Instant::now();
@@ -420,8 +490,18 @@ fn the_query_api_on_a_real_broker_then_audit_export_then_snapshot_restart() {
             let v = r.json();
             let required = schema
                 .get("required")
-                .or_else(|| schema.get("allOf").and_then(|a| a[0]["$ref"].as_str()).map(|_| &doc["components"]["schemas"]["Envelope"]["required"]))
-                .or_else(|| schema.get("$ref").and_then(|r| r.as_str()).map(|r| &doc["components"]["schemas"][r.rsplit('/').next().unwrap()]["required"]));
+                .or_else(|| {
+                    schema
+                        .get("allOf")
+                        .and_then(|a| a[0]["$ref"].as_str())
+                        .map(|_| &doc["components"]["schemas"]["Envelope"]["required"])
+                })
+                .or_else(|| {
+                    schema
+                        .get("$ref")
+                        .and_then(|r| r.as_str())
+                        .map(|r| &doc["components"]["schemas"][r.rsplit('/').next().unwrap()]["required"])
+                });
             for f in required.and_then(|r| r.as_array()).into_iter().flatten() {
                 assert!(v.get(f.as_str().unwrap()).is_some(), "{path}: answer lacks required `{f}`: {v}");
             }
@@ -430,16 +510,32 @@ fn the_query_api_on_a_real_broker_then_audit_export_then_snapshot_restart() {
 
     // The audit trail of the live deployment, chained and exported, then verified offline.
     let export = broker.state.with_extension("audit.log");
-    let out = cli(&["audit", "verify", "--brokers", &broker.bootstrap, "--export", export.to_str().unwrap(), "--json"]);
+    let out = cli(&[
+        "audit",
+        "verify",
+        "--brokers",
+        &broker.bootstrap,
+        "--export",
+        export.to_str().unwrap(),
+        "--json",
+    ]);
     let live: Value = serde_json::from_str(&out).unwrap();
     let offline: Value = serde_json::from_str(&cli(&["audit", "verify", export.to_str().unwrap(), "--json"])).unwrap();
     assert_eq!(live["records"], offline["records"]);
     let heads = live["heads"].as_object().unwrap();
-    assert!(heads.contains_key("market.feed/0") && heads.contains_key("notifications/0"), "{live}");
+    assert!(
+        heads.keys().any(|k| k.starts_with("market.feed/")) && heads.keys().any(|k| k.starts_with("notifications/")),
+        "{live}"
+    );
     for (chain, head) in heads {
         assert_eq!(offline["heads"][chain].as_str(), head["hash"].as_str(), "{chain}");
     }
-    eprintln!("audit: {} records in {} chains; took {:?} in all", live["records"], heads.len(), t0.elapsed());
+    eprintln!(
+        "audit: {} records in {} chains; took {:?} in all",
+        live["records"],
+        heads.len(),
+        t0.elapsed()
+    );
 }
 
 /// Ids of events on the notifications topic (deepest causation chains), else on signals.

@@ -195,7 +195,10 @@ pub fn router(shared: SharedSnapshot, catalog: Catalog) -> Router {
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
         .route("/digest", get(digest))
         .route("/projections", get(projections))
         .route("/stats", get(stats))
@@ -207,7 +210,9 @@ pub fn router(shared: SharedSnapshot, catalog: Catalog) -> Router {
         .route("/bars/{symbol}/{interval}", get(bars))
         .route("/users/{user_id}/notifications", get(notifications))
         .route("/events/{event_id}", get(event))
-        .fallback(|uri: axum::http::Uri| async move { error(StatusCode::NOT_FOUND, format!("no route `{}` (see /openapi.json)", uri.path())) })
+        .fallback(
+            |uri: axum::http::Uri| async move { error(StatusCode::NOT_FOUND, format!("no route `{}` (see /openapi.json)", uri.path())) },
+        )
         .with_state(state)
 }
 
@@ -281,7 +286,13 @@ impl Params {
         names.sort();
         for k in names {
             if !allowed.contains(&k.as_str()) && !["min_offsets", "timeout_ms"].contains(&k.as_str()) {
-                return Err(bad_param(k, format!("unknown parameter (accepted here: {})", [allowed, &["min_offsets", "timeout_ms"]].concat().join(", "))));
+                return Err(bad_param(
+                    k,
+                    format!(
+                        "unknown parameter (accepted here: {})",
+                        [allowed, &["min_offsets", "timeout_ms"]].concat().join(", ")
+                    ),
+                ));
             }
         }
         Ok(Params(q))
@@ -290,7 +301,10 @@ impl Params {
     fn usize(&self, name: &str) -> Result<Option<usize>, Response> {
         self.0
             .get(name)
-            .map(|v| v.parse::<usize>().map_err(|_| bad_param(name, format!("`{v}` is not a non-negative integer"))))
+            .map(|v| {
+                v.parse::<usize>()
+                    .map_err(|_| bad_param(name, format!("`{v}` is not a non-negative integer")))
+            })
             .transpose()
     }
 
@@ -315,7 +329,12 @@ impl Params {
             None => 5000,
             Some(v) => match v.parse::<u64>() {
                 Ok(t) if t <= 60_000 => t,
-                _ => return Err(bad_param("timeout_ms", format!("`{v}` is not a number of milliseconds in 0..=60000"))),
+                _ => {
+                    return Err(bad_param(
+                        "timeout_ms",
+                        format!("`{v}` is not a number of milliseconds in 0..=60000"),
+                    ))
+                }
             },
         };
         let Some(text) = self.0.get("min_offsets") else {
@@ -394,7 +413,12 @@ pub fn as_of(p: &Projections, t: Timestamp) -> Projections {
         .map(|(s, m)| {
             let m = m
                 .iter()
-                .map(|(i, b)| (i.clone(), b.iter().filter(|(_, bar)| bar.end() <= t).map(|(k, v)| (*k, v.clone())).collect()))
+                .map(|(i, b)| {
+                    (
+                        i.clone(),
+                        b.iter().filter(|(_, bar)| bar.end() <= t).map(|(k, v)| (*k, v.clone())).collect(),
+                    )
+                })
                 .collect();
             (s.clone(), m)
         })
@@ -404,7 +428,12 @@ pub fn as_of(p: &Projections, t: Timestamp) -> Projections {
         .iter()
         .map(|(pid, log)| {
             let log = PortfolioLog {
-                rebalances: log.rebalances.iter().filter(|(_, (ts, _))| *ts <= t).map(|(k, v)| (k.clone(), v.clone())).collect(),
+                rebalances: log
+                    .rebalances
+                    .iter()
+                    .filter(|(_, (ts, _))| *ts <= t)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
                 closes: log.closes.range(..=t).map(|(k, v)| (*k, v.clone())).collect(),
                 signals_changed: log
                     .signals_changed
@@ -418,7 +447,15 @@ pub fn as_of(p: &Projections, t: Timestamp) -> Projections {
     let risk = p
         .risk
         .iter()
-        .map(|(pid, rows)| (pid.clone(), rows.iter().filter(|(_, (ts, _))| *ts <= t).map(|(k, v)| (k.clone(), v.clone())).collect()))
+        .map(|(pid, rows)| {
+            (
+                pid.clone(),
+                rows.iter()
+                    .filter(|(_, (ts, _))| *ts <= t)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            )
+        })
         .collect();
     Projections {
         bars,
@@ -447,7 +484,11 @@ fn views_at(snap: &Snapshot, at: Option<Timestamp>) -> Result<Views, Response> {
 async fn ready(State(s): State<AppState>) -> Response {
     let snap = s.shared.get();
     let body = json!({"ready": snap.ready, "offsets": snap.offsets, "lag": snap.lag});
-    let status = if snap.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if snap.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let mut r = (status, Json(body)).into_response();
     set_offsets_header(&mut r, &snap.offsets);
     r
@@ -489,7 +530,8 @@ async fn projections(State(s): State<AppState>, RawQuery(q): RawQuery) -> Respon
 
 async fn stats(State(s): State<AppState>) -> Response {
     let snap = s.shared.get();
-    let mut r = Json(json!({"stats": snap.stats, "retries": snap.retries, "delivery": snap.delivery, "breaker": snap.breaker})).into_response();
+    let mut r =
+        Json(json!({"stats": snap.stats, "retries": snap.retries, "delivery": snap.delivery, "breaker": snap.breaker})).into_response();
     set_offsets_header(&mut r, &snap.offsets);
     r
 }
@@ -505,7 +547,10 @@ fn unknown_portfolio(s: &AppState, views: &Views, id: &str) -> Response {
     let known: BTreeSet<&String> = s.catalog.portfolios.iter().chain(views.portfolios.keys()).collect();
     error(
         StatusCode::NOT_FOUND,
-        format!("unknown portfolio `{id}` (known: {})", known.into_iter().cloned().collect::<Vec<_>>().join(", ")),
+        format!(
+            "unknown portfolio `{id}` (known: {})",
+            known.into_iter().cloned().collect::<Vec<_>>().join(", ")
+        ),
     )
 }
 
@@ -544,7 +589,11 @@ async fn risk(State(s): State<AppState>, Path(id): Path<String>, RawQuery(q): Ra
     if !views.portfolios.contains_key(&id) && !views.risk.contains_key(&id) {
         return unknown_portfolio(&s, &views, &id);
     }
-    let dash = views.risk.get(&id).cloned().unwrap_or(horizon_core::projections::risk_dashboard(&BTreeMap::new()));
+    let dash = views
+        .risk
+        .get(&id)
+        .cloned()
+        .unwrap_or(horizon_core::projections::risk_dashboard(&BTreeMap::new()));
     answer(&snap, serde_json::to_value(dash).unwrap_or(Value::Null))
 }
 
@@ -558,11 +607,19 @@ async fn bars(State(s): State<AppState>, Path((symbol, interval)): Path<(String,
     if !known_symbols.contains(&symbol) {
         return error(
             StatusCode::NOT_FOUND,
-            format!("unknown symbol `{symbol}` (known: {})", known_symbols.into_iter().cloned().collect::<Vec<_>>().join(", ")),
+            format!(
+                "unknown symbol `{symbol}` (known: {})",
+                known_symbols.into_iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
         );
     }
     let series = state.bars.get(&symbol);
-    let known_intervals: BTreeSet<&String> = s.catalog.intervals.iter().chain(series.into_iter().flat_map(|m| m.keys())).collect();
+    let known_intervals: BTreeSet<&String> = s
+        .catalog
+        .intervals
+        .iter()
+        .chain(series.into_iter().flat_map(|m| m.keys()))
+        .collect();
     if !known_intervals.contains(&interval) {
         return error(
             StatusCode::NOT_FOUND,
@@ -590,7 +647,10 @@ async fn notifications(State(s): State<AppState>, Path(user): Path<String>, RawQ
         let known: BTreeSet<&String> = s.catalog.users.iter().chain(views.notifications.keys()).collect();
         return error(
             StatusCode::NOT_FOUND,
-            format!("unknown user `{user}` (known: {})", known.into_iter().cloned().collect::<Vec<_>>().join(", ")),
+            format!(
+                "unknown user `{user}` (known: {})",
+                known.into_iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
         );
     }
     let rows: Vec<Value> = feed
@@ -606,10 +666,16 @@ async fn event(State(s): State<AppState>, Path(id): Path<String>, RawQuery(q): R
     let state = tri!(state_of(&snap));
     let chain = state.causation_chain(&id);
     if chain.is_empty() {
-        return error(StatusCode::NOT_FOUND, format!("unknown event `{id}` (not among the {} events applied)", state.audit.len()));
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("unknown event `{id}` (not among the {} events applied)", state.audit.len()),
+        );
     }
     let chain: Vec<Value> = chain.into_iter().map(|(id, entry)| json!({"id": id, "entry": entry})).collect();
-    answer(&snap, json!({"id": id, "event": chain[0]["entry"].clone(), "causation_chain": chain}))
+    answer(
+        &snap,
+        json!({"id": id, "event": chain[0]["entry"].clone(), "causation_chain": chain}),
+    )
 }
 
 /// Prometheus text exposition format (0.0.4).
@@ -627,25 +693,55 @@ pub fn render_metrics(snap: &Snapshot) -> String {
     let family = |o: &mut String, name: &str, kind: &str, help: &str| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
     };
-    family(&mut o, "horizon_ready", "gauge", "1 when every assigned projections partition is restored and caught up");
+    family(
+        &mut o,
+        "horizon_ready",
+        "gauge",
+        "1 when every assigned projections partition is restored and caught up",
+    );
     let _ = writeln!(o, "horizon_ready {}", u8::from(snap.ready));
-    family(&mut o, "horizon_consumer_lag", "gauge", "Records between the projections' applied offset and the partition's end");
+    family(
+        &mut o,
+        "horizon_consumer_lag",
+        "gauge",
+        "Records between the projections' applied offset and the partition's end",
+    );
     for (tp, lag) in &snap.lag {
         let (t, p) = tp.rsplit_once('/').unwrap_or((tp, ""));
         let _ = writeln!(o, "horizon_consumer_lag{{topic=\"{}\",partition=\"{}\"}} {lag}", label(t), label(p));
     }
-    family(&mut o, "horizon_applied_offset", "gauge", "Next offset the projections have applied per partition");
+    family(
+        &mut o,
+        "horizon_applied_offset",
+        "gauge",
+        "Next offset the projections have applied per partition",
+    );
     for (tp, off) in &snap.offsets {
         let (t, p) = tp.rsplit_once('/').unwrap_or((tp, ""));
-        let _ = writeln!(o, "horizon_applied_offset{{topic=\"{}\",partition=\"{}\"}} {off}", label(t), label(p));
+        let _ = writeln!(
+            o,
+            "horizon_applied_offset{{topic=\"{}\",partition=\"{}\"}} {off}",
+            label(t),
+            label(p)
+        );
     }
     type Field = fn(&Stats) -> u64;
     let counters: [(&str, &str, Field); 6] = [
         ("horizon_records_in_total", "Records consumed per stage", |s| s.records_in),
         ("horizon_outputs_total", "Records published per stage", |s| s.outputs),
-        ("horizon_dead_letters_total", "Records sent to the dead-letter topic per stage", |s| s.dead_letters),
-        ("horizon_restored_records_total", "Records replayed while restoring per stage", |s| s.restored_records),
-        ("horizon_snapshots_used_total", "Snapshots restored from per stage", |s| s.snapshots_used),
+        (
+            "horizon_dead_letters_total",
+            "Records sent to the dead-letter topic per stage",
+            |s| s.dead_letters,
+        ),
+        (
+            "horizon_restored_records_total",
+            "Records replayed while restoring per stage",
+            |s| s.restored_records,
+        ),
+        ("horizon_snapshots_used_total", "Snapshots restored from per stage", |s| {
+            s.snapshots_used
+        }),
         ("horizon_commits_total", "Offset commits per stage", |s| s.commits),
     ];
     for (name, help, f) in counters {
@@ -654,21 +750,46 @@ pub fn render_metrics(snap: &Snapshot) -> String {
             let _ = writeln!(o, "{name}{{stage=\"{}\"}} {}", label(stage), f(st));
         }
     }
-    family(&mut o, "horizon_events_processed_total", "counter", "Events handled per stage and event type");
+    family(
+        &mut o,
+        "horizon_events_processed_total",
+        "counter",
+        "Events handled per stage and event type",
+    );
     for (stage, st) in &snap.stats {
         for (ty, n) in &st.events_in {
-            let _ = writeln!(o, "horizon_events_processed_total{{stage=\"{}\",type=\"{}\"}} {n}", label(stage), label(ty.as_str()));
+            let _ = writeln!(
+                o,
+                "horizon_events_processed_total{{stage=\"{}\",type=\"{}\"}} {n}",
+                label(stage),
+                label(ty.as_str())
+            );
         }
     }
-    family(&mut o, "horizon_projection_events", "gauge", "Distinct events applied by the projections, by type");
+    family(
+        &mut o,
+        "horizon_projection_events",
+        "gauge",
+        "Distinct events applied by the projections, by type",
+    );
     for (ty, n) in &snap.events_by_type {
         let _ = writeln!(o, "horizon_projection_events{{type=\"{}\"}} {n}", label(ty.as_str()));
     }
-    family(&mut o, "horizon_retries_total", "counter", "Steps refused by the broker or sink (backoff) per stage");
+    family(
+        &mut o,
+        "horizon_retries_total",
+        "counter",
+        "Steps refused by the broker or sink (backoff) per stage",
+    );
     for (stage, n) in &snap.retries {
         let _ = writeln!(o, "horizon_retries_total{{stage=\"{}\"}} {n}", label(stage));
     }
-    family(&mut o, "horizon_step_duration_seconds", "histogram", "Duration of a stage step that handled records");
+    family(
+        &mut o,
+        "horizon_step_duration_seconds",
+        "histogram",
+        "Duration of a stage step that handled records",
+    );
     for (stage, h) in &snap.latency {
         let st = label(stage);
         for (b, n) in LATENCY_BUCKETS.iter().zip(h.buckets) {
@@ -679,13 +800,28 @@ pub fn render_metrics(snap: &Snapshot) -> String {
         let _ = writeln!(o, "horizon_step_duration_seconds_count{{stage=\"{st}\"}} {}", h.count);
     }
     if let Some(d) = &snap.delivery {
-        family(&mut o, "horizon_notify_deliveries_total", "counter", "Notification deliveries by outcome");
-        for (outcome, n) in [("delivered", d.delivered), ("already_delivered", d.already_delivered), ("failed", d.failures), ("skipped", d.skipped)] {
+        family(
+            &mut o,
+            "horizon_notify_deliveries_total",
+            "counter",
+            "Notification deliveries by outcome",
+        );
+        for (outcome, n) in [
+            ("delivered", d.delivered),
+            ("already_delivered", d.already_delivered),
+            ("failed", d.failures),
+            ("skipped", d.skipped),
+        ] {
             let _ = writeln!(o, "horizon_notify_deliveries_total{{outcome=\"{outcome}\"}} {n}");
         }
     }
     if let Some(b) = &snap.breaker {
-        family(&mut o, "horizon_notify_breaker_state", "gauge", "1 for the notify sink circuit breaker's current state");
+        family(
+            &mut o,
+            "horizon_notify_breaker_state",
+            "gauge",
+            "1 for the notify sink circuit breaker's current state",
+        );
         for state in ["Closed", "Open", "HalfOpen"] {
             let _ = writeln!(o, "horizon_notify_breaker_state{{state=\"{state}\"}} {}", u8::from(b == state));
         }

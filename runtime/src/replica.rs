@@ -94,7 +94,10 @@ pub fn read_log(config: &KafkaConfig, group_prefix: &str) -> Result<Vec<horizon_
     let mut out = Vec::new();
     for spec in topics::ALL {
         for partition in 0..spec.partitions {
-            let tp = TopicPartition { topic: spec.name, partition };
+            let tp = TopicPartition {
+                topic: spec.name,
+                partition,
+            };
             let end = consumer.end_offset(tp)?;
             let mut from = 0;
             while from < end {

@@ -305,7 +305,10 @@ impl ServiceProcess {
                     .map_err(|e| BusError::Fatal(format!("--state-dir: {e}")))?;
                 for (task, bytes) in saved {
                     match stage.offer_snapshot(&bytes) {
-                        Ok(_) => eprintln!("horizon: {}: task {task}: restoring from its snapshot plus the log's tail", stage.name()),
+                        Ok(_) => eprintln!(
+                            "horizon: {}: task {task}: restoring from its snapshot plus the log's tail",
+                            stage.name()
+                        ),
                         Err(e) => eprintln!("horizon: {}: task {task}: snapshot refused ({e}); replaying the log", stage.name()),
                     }
                 }
