@@ -38,16 +38,6 @@ fn port_free(p: u16) -> bool {
     TcpListener::bind(("127.0.0.1", p)).is_ok()
 }
 
-/// Client settings every child process of these tests gets (`--config`): a SIGKILLed member
-/// leaves its groups after 6 s (the broker's `group.min.session.timeout.ms`) instead of the
-/// production default of 10 s, and a client reconnects to a restarted broker within 0.5 s instead
-/// of librdkafka's backoff of up to 10 s. Nothing the tests prove depends on these timings.
-const TEST_CLIENT_PROPERTIES: &str = "session.timeout.ms=6000
-heartbeat.interval.ms=500
-reconnect.backoff.ms=50
-reconnect.backoff.max.ms=500
-";
-
 /// A single-node broker of this test's own; stopped and wiped on drop.
 struct Broker {
     state: PathBuf,
@@ -74,7 +64,6 @@ impl Broker {
             match b.try_script(&["start", "--fresh", "--port", &port.to_string()]) {
                 Ok(bootstrap) => {
                     b.bootstrap = bootstrap;
-                    std::fs::write(b.client_properties(), TEST_CLIENT_PROPERTIES).expect("write client.properties");
                     return b;
                 }
                 Err(e) => failures.push(e),
@@ -84,10 +73,6 @@ impl Broker {
             }
         }
         panic!("could not start a test broker:\n{}", failures.join("\n"));
-    }
-
-    fn client_properties(&self) -> PathBuf {
-        self.state.with_extension("client.properties")
     }
 
     fn try_script(&self, args: &[&str]) -> Result<String, String> {
@@ -191,8 +176,6 @@ impl Service {
                 SCENARIO,
                 "--group-prefix",
                 prefix,
-                "--config",
-                broker.client_properties().to_str().unwrap(),
             ])
             .args(["--http", &format!("127.0.0.1:{port}")])
             .stdout(Stdio::null())
@@ -315,7 +298,6 @@ fn ids_on_topics(bootstrap: &str) -> (BTreeMap<String, u64>, u64) {
 fn feed(broker: &Broker, rate: Option<&str>) -> Child {
     let mut cmd = horizon();
     cmd.args(["feed", SCENARIO, "--brokers", &broker.bootstrap]);
-    cmd.arg("--config").arg(broker.client_properties());
     if let Some(r) = rate {
         cmd.args(["--rate", r]);
     }

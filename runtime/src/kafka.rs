@@ -158,14 +158,6 @@ fn bus_error(e: &KafkaError) -> BusError {
     }
 }
 
-/// A broker connection that failed or went down: transient, and librdkafka reconnects by itself.
-fn connection_error(e: &KafkaError) -> bool {
-    matches!(
-        e.rdkafka_error_code(),
-        Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure)
-    )
-}
-
 fn static_topic(name: &str) -> Result<Topic, BusError> {
     topics::by_name(name).ok_or_else(|| BusError::UnknownTopic(name.to_string()))
 }
@@ -599,24 +591,6 @@ impl bus::Consumer for KafkaConsumer {
                     self.buffer.push_back(Item::Record(record?));
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
-                Some(Err(e)) if connection_error(&e) => {
-                    // librdkafka queues one such event per failed connection attempt during an
-                    // outage; served one per poll (each followed by the caller's backoff) they
-                    // outlast the outage by minutes. Take every one already queued at once.
-                    let next = loop {
-                        match self.consumer.poll(Duration::ZERO) {
-                            Some(Err(e2)) if connection_error(&e2) || matches!(e2, KafkaError::PartitionEOF(_)) => {}
-                            Some(Ok(m)) => break Some(to_record(&m)),
-                            _ => break None,
-                        }
-                    };
-                    self.absorb_notices();
-                    match next {
-                        Some(record) => self.buffer.push_back(Item::Record(record?)),
-                        _ if self.leading_records() == 0 && !self.has_notice() => return Err(bus_error(&e)),
-                        _ => break,
-                    }
-                }
                 Some(Err(e)) => {
                     if let Some((code, reason)) = self.consumer.client().fatal_error() {
                         return Err(BusError::Fatal(format!("consumer: {code}: {reason}")));
@@ -796,42 +770,6 @@ pub mod admin {
             }
         }
         wait_for_leaders(&admin, config.request_timeout)
-    }
-
-    /// Deletes every documented topic (`topics::ALL`) and creates it again, empty: for
-    /// benchmarks on a scratch broker only. Retries the creation while the broker still has the
-    /// old topic marked for deletion (waits until the deleted topics leave the metadata first).
-    pub fn recreate_topics(config: &KafkaConfig) -> Result<(), BusError> {
-        let admin: AdminClient<DefaultClientContext> = config.client_config(&[], &[]).create().map_err(|e| bus_error(&e))?;
-        let options = AdminOptions::new()
-            .operation_timeout(Some(config.request_timeout))
-            .request_timeout(Some(config.request_timeout));
-        let names: Vec<&str> = topics::ALL.iter().map(|t| t.name).collect();
-        let results = futures_executor::block_on(admin.delete_topics(&names, &options)).map_err(|e| bus_error(&e))?;
-        for r in results {
-            match r {
-                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
-                Err((name, code)) => return Err(BusError::Unavailable(format!("deleting topic {name}: {code}"))),
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            let left = match admin.inner().fetch_metadata(None, Duration::from_secs(5)) {
-                Ok(md) => md.topics().iter().any(|t| names.contains(&t.name())),
-                Err(_) => true,
-            };
-            if !left {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        loop {
-            match create_topics(&config.bootstrap, &config.properties, 1, None) {
-                Ok(()) => return Ok(()),
-                Err(e) if Instant::now() >= deadline => return Err(e),
-                Err(_) => std::thread::sleep(Duration::from_millis(250)),
-            }
-        }
     }
 
     /// Creates one scratch topic (not one of the documented set) if it does not exist.
