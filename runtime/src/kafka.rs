@@ -45,6 +45,8 @@ use std::time::{Duration, Instant};
 const POLL_WAIT: Duration = Duration::from_millis(100);
 /// Once a batch has records, how long `poll` waits for more before returning it.
 const POLL_LINGER: Duration = Duration::from_millis(5);
+/// The slice in which `flush` serves delivery reports while it waits for acknowledgements.
+const ACK_POLL: Duration = Duration::from_millis(1);
 /// Bound on waiting for room in the producer's queue.
 const QUEUE_FULL_WAIT: Duration = Duration::from_secs(30);
 
@@ -156,6 +158,30 @@ fn bus_error(e: &KafkaError) -> BusError {
             _ => BusError::Unavailable(text),
         },
     }
+}
+
+/// A broker connection that failed or went down. librdkafka reports one per failed attempt and
+/// reconnects by itself ("ALL_BROKERS_DOWN doesn't really mean anything to librdkafka", its
+/// author): informational for a consumer, never a reason to stop polling.
+fn connection_error(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure)
+    )
+}
+
+/// A partition's low and high watermarks. The topics are the documented ones, so a partition
+/// the broker does not know is a gap in its metadata (seen right after a broker restart) or
+/// topics never created: either way retried, and the error says what to check.
+fn watermarks<C: ConsumerContext>(reader: &BaseConsumer<C>, tp: TopicPartition, timeout: Duration) -> Result<(i64, i64), BusError> {
+    reader
+        .fetch_watermarks(tp.topic, tp.partition as i32, timeout)
+        .map_err(|e| match bus_error(&e) {
+            BusError::UnknownTopic(text) => {
+                BusError::Unavailable(format!("{tp} is not in the broker's metadata ({text}); were the topics created?"))
+            }
+            other => other,
+        })
 }
 
 fn static_topic(name: &str) -> Result<Topic, BusError> {
@@ -318,9 +344,11 @@ impl bus::Producer for KafkaProducer {
     fn flush(&mut self) -> Result<(), BusError> {
         let deadline = Instant::now() + self.flush_timeout;
         if self.sent > 0 {
-            // librdkafka's flush sends what is queued at once (no `linger.ms` wait) and serves
-            // delivery reports until nothing is in flight; the counts below say how it went.
-            let _ = self.producer.flush(self.flush_timeout);
+            // A zero-timeout flush only wakes the broker threads to send what is queued now,
+            // past `linger.ms`. rdkafka's flush with a timeout is not used: it serves delivery
+            // reports in polls that each last their whole 100 ms slice, so every flush would
+            // cost at least 100 ms however fast the broker acknowledges.
+            let _ = self.producer.flush(Duration::ZERO);
         }
         loop {
             let t = self.tracker();
@@ -332,7 +360,8 @@ impl bus::Producer for KafkaProducer {
             if now >= deadline {
                 break;
             }
-            self.producer.poll((deadline - now).min(Duration::from_millis(50)));
+            // Short polls: `BaseProducer::poll` returns only when its timeout is over.
+            self.producer.poll((deadline - now).min(ACK_POLL));
         }
         let t = self.tracker();
         let (sent, acked, failed) = (self.sent, t.acked.load(Ordering::SeqCst), t.failed.load(Ordering::SeqCst));
@@ -423,6 +452,14 @@ pub struct KafkaConsumer {
     reader: Option<BaseConsumer<DefaultConsumerContext>>,
     config: KafkaConfig,
     group: String,
+    /// Connection errors since the last record: an outage in progress, logged once when it
+    /// starts and once when records flow again.
+    outage: Option<Outage>,
+}
+
+struct Outage {
+    started: Instant,
+    errors: u64,
 }
 
 impl KafkaConsumer {
@@ -454,6 +491,7 @@ impl KafkaConsumer {
             reader: None,
             config: config.clone(),
             group: group.to_string(),
+            outage: None,
         })
     }
 
@@ -484,10 +522,7 @@ impl KafkaConsumer {
     /// The offset the next record appended to a partition will get (its high watermark).
     pub fn end_offset(&mut self, tp: TopicPartition) -> Result<u64, BusError> {
         let timeout = self.config.request_timeout;
-        let (_, high) = self
-            .reader()?
-            .fetch_watermarks(tp.topic, tp.partition as i32, timeout)
-            .map_err(|e| bus_error(&e))?;
+        let (_, high) = watermarks(self.reader()?, tp, timeout)?;
         Ok(high.max(0) as u64)
     }
 
@@ -586,11 +621,37 @@ impl bus::Consumer for KafkaConsumer {
             let polled = self.consumer.poll(wait).map(|r| r.map(|m| to_record(&m)));
             match polled {
                 Some(Ok(record)) => {
+                    if let Some(o) = self.outage.take() {
+                        eprintln!(
+                            "horizon: consumer {}: receiving again after {} connection errors over {:?}",
+                            self.group,
+                            o.errors,
+                            o.started.elapsed()
+                        );
+                    }
                     // A rebalance served inside this poll precedes the record.
                     self.absorb_notices();
                     self.buffer.push_back(Item::Record(record?));
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) if connection_error(&e) => {
+                    // Served as a step failure, each of these would cost the stage a backoff
+                    // while librdkafka queues more of them than the backoff drains: a consumer
+                    // so treated stays "down" long after the broker is back. Keep polling.
+                    match &mut self.outage {
+                        Some(o) => o.errors += 1,
+                        None => {
+                            eprintln!(
+                                "horizon: consumer {}: broker connection lost ({e}); librdkafka reconnects",
+                                self.group
+                            );
+                            self.outage = Some(Outage {
+                                started: Instant::now(),
+                                errors: 1,
+                            });
+                        }
+                    }
+                }
                 Some(Err(e)) => {
                     if let Some((code, reason)) = self.consumer.client().fatal_error() {
                         return Err(BusError::Fatal(format!("consumer: {code}: {reason}")));
@@ -658,9 +719,7 @@ impl bus::Consumer for KafkaConsumer {
         }
         let timeout = self.config.request_timeout;
         let reader = self.reader()?;
-        let (low, high) = reader
-            .fetch_watermarks(tp.topic, tp.partition as i32, timeout)
-            .map_err(|e| bus_error(&e))?;
+        let (low, high) = watermarks(reader, tp, timeout)?;
         // Nothing before the log start survives; nothing at or past the end exists yet.
         let from = from.max(low.max(0) as u64);
         let to = to.min(high.max(0) as u64);
