@@ -1,9 +1,10 @@
 //! Domain events and their wire codec.
 //!
 //! `Event` is what the services handle: exact types, no optional fields left to guess. The codec
-//! turns it into a protobuf `DomainEvent` and back. Decoding checks that the payload really is
-//! the declared type and that every required field is present, and returns a `DecodeError` that
-//! names what is wrong, so the processing loop can dead-letter the record with that reason.
+//! turns it into a protobuf `DomainEvent` and back. Decoding brings a payload of an older schema
+//! version to the current one (`crate::upcast`), checks that the payload really is the declared
+//! type and that every required field is present, and returns a `DecodeError` that names what is
+//! wrong, so the processing loop can dead-letter the record with that reason.
 
 use crate::fixed::Fixed;
 use crate::time::Timestamp;

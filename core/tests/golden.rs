@@ -237,43 +237,32 @@ fn encode_v1(e: &Event) -> Vec<u8> {
     let current = e.encode();
     let env = wire::decode_envelope(&current).unwrap();
     let payload = match &e.payload {
-        Payload::Rebalance(r) => pb::PortfolioRebalancedV1 {
-            portfolio_id: r.portfolio_id.clone(),
-            reason: match r.reason {
-                RebalanceReason::Signal => pb::RebalanceReason::Signal,
-                RebalanceReason::Derisk => pb::RebalanceReason::Derisk,
-            } as i32,
-            fills: r
-                .fills
-                .iter()
-                .map(|f| pb::FillV1 {
-                    symbol: f.symbol.clone(),
-                    side: match f.side {
-                        Side::Buy => pb::Side::Buy,
-                        Side::Sell => pb::Side::Sell,
-                    } as i32,
-                    quantity: dec(f.quantity),
-                    price: dec(f.price),
-                    fee: dec(f.fee),
-                })
-                .collect(),
-            positions: r
-                .positions
-                .iter()
-                .map(|p| pb::Position {
-                    symbol: p.symbol.clone(),
-                    quantity: dec(p.quantity),
-                    avg_price: dec(p.avg_price),
-                    mark_price: dec(p.mark_price),
-                })
-                .collect(),
-            cash: dec(r.cash),
-            value: dec(r.value),
-            realized_pnl: dec(r.realized_pnl),
-            unrealized_pnl: dec(r.unrealized_pnl),
-            fees: dec(r.fees),
+        Payload::Rebalance(r) => {
+            // Today's payload with the fills in their v1 shape.
+            let v2 = pb::PortfolioRebalanced::decode(env.payload).unwrap();
+            let fills = r.fills.iter().map(|f| pb::FillV1 {
+                symbol: f.symbol.clone(),
+                side: match f.side {
+                    Side::Buy => pb::Side::Buy,
+                    Side::Sell => pb::Side::Sell,
+                } as i32,
+                quantity: dec(f.quantity),
+                price: dec(f.price),
+                fee: dec(f.fee),
+            });
+            pb::PortfolioRebalancedV1 {
+                portfolio_id: v2.portfolio_id,
+                reason: v2.reason,
+                fills: fills.collect(),
+                positions: v2.positions,
+                cash: v2.cash,
+                value: v2.value,
+                realized_pnl: v2.realized_pnl,
+                unrealized_pnl: v2.unrealized_pnl,
+                fees: v2.fees,
+            }
+            .encode_to_vec()
         }
-        .encode_to_vec(),
         _ => env.payload.to_vec(),
     };
     let metadata: Vec<(&str, &str)> = env
