@@ -1,6 +1,6 @@
 // Compiles proto/ with protox (a protobuf compiler in Rust), so no system `protoc` is needed.
 fn main() {
-    let files = ["horizon/v1/events.proto"];
+    let files = ["horizon/v1/events.proto", "horizon/v1/history.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -1,9 +1,10 @@
 //! Domain events and their wire codec.
 //!
 //! `Event` is what the services handle: exact types, no optional fields left to guess. The codec
-//! turns it into a protobuf `DomainEvent` and back. Decoding checks that the payload really is
-//! the declared type and that every required field is present, and returns a `DecodeError` that
-//! names what is wrong, so the processing loop can dead-letter the record with that reason.
+//! turns it into a protobuf `DomainEvent` and back. Decoding brings a payload of an older schema
+//! version to the current one (`crate::upcast`), checks that the payload really is the declared
+//! type and that every required field is present, and returns a `DecodeError` that names what is
+//! wrong, so the processing loop can dead-letter the record with that reason.
 
 use crate::fixed::Fixed;
 use crate::time::Timestamp;
@@ -13,9 +14,15 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// Version of the payload schemas this build writes.
-pub const SCHEMA_VERSION: u32 = 1;
-const SCHEMA_VERSION_TEXT: &str = "1";
+/// Version of the payload schemas this build writes, in the envelope's `schema_version`
+/// metadata. Older versions are read through `crate::upcast`; newer ones are refused.
+///
+/// v1: the first schema. v2: a rebalance's `Fill` carries one signed quantity instead of a side
+/// and an unsigned quantity.
+pub const SCHEMA_VERSION: u32 = 2;
+const SCHEMA_VERSION_TEXT: &str = "2";
+/// The version of a record whose metadata does not say: the first one.
+const UNVERSIONED: u32 = 1;
 
 pub mod meta_key {
     pub const CORRELATION_ID: &str = "correlation_id";
@@ -276,6 +283,9 @@ pub struct Meta {
     pub causation_id: String,
     /// The service that produced the event.
     pub producer: String,
+    /// The schema version of the model this event is in: `SCHEMA_VERSION` for every event this
+    /// build creates or decodes (a record of an older version is upcast on decoding). Encoding
+    /// writes it as it is; only tests set another value, to play another version's producer.
     pub schema_version: u32,
     /// W3C trace context: `00-<trace id>-<span id>-01`.
     pub traceparent: String,
@@ -402,7 +412,7 @@ impl Event {
         })
         .ok_or(DecodeError::Invalid("timestamp", "out of range".into()))?;
         let mut meta = Meta {
-            schema_version: SCHEMA_VERSION,
+            schema_version: UNVERSIONED,
             ..Meta::default()
         };
         let mut correlation = None;
@@ -422,11 +432,11 @@ impl Event {
                 }
             }
         }
-        if meta.schema_version > SCHEMA_VERSION {
-            return Err(DecodeError::NewerSchema(meta.schema_version));
-        }
+        // Refuses a newer version; brings an older payload to the current shapes.
+        let current = crate::upcast::upcast(declared, meta.schema_version, env.payload)?;
+        meta.schema_version = SCHEMA_VERSION;
         meta.correlation_id = correlation.unwrap_or_else(|| env.event_id.to_string());
-        let payload = decode_payload(declared, env.payload)?;
+        let payload = decode_payload(declared, &current)?;
         Ok(Event {
             id: env.event_id.to_string(),
             aggregate_id: env.aggregate_id.to_string(),
@@ -452,6 +462,9 @@ pub enum DecodeError {
     /// record is refused (and dead-lettered) rather than silently altered.
     #[error("carries fields this build does not know ({0}); a newer producer? refusing rather than dropping them")]
     UnknownFields(String),
+    /// An older version's payload that cannot be carried over to the current model faithfully.
+    #[error("schema v{from} payload cannot be upcast to v{to}: {reason}")]
+    Upcast { from: u32, to: u32, reason: String },
     #[error("missing field `{0}`")]
     Missing(&'static str),
     #[error("invalid field `{0}`: {1}")]
@@ -622,8 +635,10 @@ fn encode_payload(p: &Payload) -> Vec<u8> {
                 .iter()
                 .map(|f| pb::Fill {
                     symbol: f.symbol.clone(),
-                    side: side_pb(f.side),
-                    quantity: dec(f.quantity),
+                    signed_quantity: dec(match f.side {
+                        Side::Buy => f.quantity,
+                        Side::Sell => -f.quantity,
+                    }),
                     price: dec(f.price),
                     fee: dec(f.fee),
                 })
@@ -726,7 +741,7 @@ fn bar_from(b: pb::Bar) -> Result<Bar, DecodeError> {
 
 /// Decodes with the generated code and refuses bytes the message does not account for: prost
 /// skips unknown fields, so a payload longer than its re-encoding carried fields we don't know.
-fn decode_known<M: Message + Default>(bytes: &[u8], declared: EventType) -> Result<M, DecodeError> {
+pub(crate) fn decode_known<M: Message + Default>(bytes: &[u8], declared: EventType) -> Result<M, DecodeError> {
     let m = M::decode(bytes).map_err(|e| DecodeError::TypeMismatch {
         declared,
         reason: e.to_string(),
@@ -845,9 +860,17 @@ fn decode_payload(declared: EventType, bytes: &[u8]) -> Result<Payload, DecodeEr
                 .fills
                 .into_iter()
                 .map(|f| {
+                    const SIGNED: &str = "rebalance.fills.signed_quantity";
+                    let signed = fixed(&f.signed_quantity, SIGNED)?;
+                    let side = match signed.signum() {
+                        1 => Side::Buy,
+                        -1 => Side::Sell,
+                        _ => return Err(DecodeError::Invalid(SIGNED, "0: a fill changes the position".into())),
+                    };
+                    let quantity = signed.units().checked_abs().map(Fixed::from_units);
                     Ok(Fill {
-                        side: side(f.side, "rebalance.fills.side")?,
-                        quantity: fixed(&f.quantity, "rebalance.fills.quantity")?,
+                        side,
+                        quantity: quantity.ok_or(DecodeError::Invalid(SIGNED, "out of range".into()))?,
                         price: fixed(&f.price, "rebalance.fills.price")?,
                         fee: fixed(&f.fee, "rebalance.fills.fee")?,
                         symbol: nonempty(f.symbol, "rebalance.fills.symbol")?,
@@ -1038,5 +1061,120 @@ mod tests {
             Event::decode(&t.encode()).unwrap_err(),
             DecodeError::NewerSchema(SCHEMA_VERSION + 1)
         );
+        let mut r = rebalance_event();
+        r.meta.schema_version = SCHEMA_VERSION + 1;
+        let err = Event::decode(&r.encode()).unwrap_err();
+        assert_eq!(err, DecodeError::NewerSchema(SCHEMA_VERSION + 1));
+        assert!(err.to_string().contains("newer than this build understands (2)"), "{err}");
+    }
+
+    fn rebalance_event() -> Event {
+        let fill = |side, quantity: &str| Fill {
+            symbol: "BTCUSDT".into(),
+            side,
+            quantity: quantity.parse().unwrap(),
+            price: "60000".parse().unwrap(),
+            fee: "1.5".parse().unwrap(),
+        };
+        let rebalance = Rebalance {
+            portfolio_id: "alpha".into(),
+            reason: RebalanceReason::Signal,
+            fills: vec![fill(Side::Sell, "0.25"), fill(Side::Buy, "1")],
+            positions: vec![],
+            cash: "1000".parse().unwrap(),
+            value: "61000".parse().unwrap(),
+            realized_pnl: Fixed::ZERO,
+            unrealized_pnl: Fixed::ZERO,
+            fees: "3".parse().unwrap(),
+        };
+        let t = trade_event();
+        Event::derived(&t, "portfolio", 0, "alpha".into(), t.ts, Payload::Rebalance(rebalance))
+    }
+
+    /// The envelope of `e` with `payload` and `version` (`None`: no `schema_version` entry).
+    fn envelope_with(e: &Event, payload: &[u8], version: Option<&str>) -> Vec<u8> {
+        let mut env = pb::DomainEvent::decode(e.encode().as_slice()).unwrap();
+        env.payload = payload.to_vec().into();
+        match version {
+            Some(v) => env.metadata.insert(meta_key::SCHEMA_VERSION.into(), v.into()),
+            None => env.metadata.remove(meta_key::SCHEMA_VERSION),
+        };
+        env.encode_to_vec()
+    }
+
+    #[test]
+    fn fills_are_written_as_signed_quantities() {
+        let r = rebalance_event();
+        let env = pb::DomainEvent::decode(r.encode().as_slice()).unwrap();
+        assert_eq!(env.metadata[meta_key::SCHEMA_VERSION], "2");
+        let p = pb::PortfolioRebalanced::decode(&env.payload[..]).unwrap();
+        let signed: Vec<i64> = p.fills.iter().map(|f| f.signed_quantity.unwrap().units).collect();
+        assert_eq!(signed, [-25_000_000, 100_000_000]);
+        assert_eq!(Event::decode(&r.encode()).unwrap(), r);
+    }
+
+    #[test]
+    fn a_v1_rebalance_is_upcast_and_an_unversioned_record_is_v1() {
+        let r = rebalance_event();
+        let Payload::Rebalance(rb) = &r.payload else { unreachable!() };
+        let v1 = pb::PortfolioRebalancedV1 {
+            portfolio_id: rb.portfolio_id.clone(),
+            reason: pb::RebalanceReason::Signal as i32,
+            fills: rb
+                .fills
+                .iter()
+                .map(|f| pb::FillV1 {
+                    symbol: f.symbol.clone(),
+                    side: side_pb(f.side),
+                    quantity: dec(f.quantity),
+                    price: dec(f.price),
+                    fee: dec(f.fee),
+                })
+                .collect(),
+            positions: vec![],
+            cash: dec(rb.cash),
+            value: dec(rb.value),
+            realized_pnl: dec(rb.realized_pnl),
+            unrealized_pnl: dec(rb.unrealized_pnl),
+            fees: dec(rb.fees),
+        }
+        .encode_to_vec();
+        for version in [Some("1"), None] {
+            let back = Event::decode(&envelope_with(&r, &v1, version)).unwrap();
+            assert_eq!(back, r, "{version:?}");
+            assert_eq!(back.meta.schema_version, SCHEMA_VERSION);
+        }
+        // The same v1 bytes labelled v2 are not misread as v2.
+        let err = Event::decode(&envelope_with(&r, &v1, Some("2"))).unwrap_err();
+        assert!(matches!(err, DecodeError::UnknownFields(_)), "{err}");
+        // Version 0 and a non-number are named.
+        for v in ["0", "two"] {
+            let err = Event::decode(&envelope_with(&r, &v1, Some(v))).unwrap_err();
+            assert!(matches!(err, DecodeError::Invalid("metadata.schema_version", _)), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_v2_fill_must_move_the_position() {
+        let r = rebalance_event();
+        let env = pb::DomainEvent::decode(r.encode().as_slice()).unwrap();
+        let mut p = pb::PortfolioRebalanced::decode(&env.payload[..]).unwrap();
+        p.fills[0].signed_quantity = dec(Fixed::ZERO);
+        let err = Event::decode(&envelope_with(&r, &p.encode_to_vec(), Some("2"))).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::Invalid("rebalance.fills.signed_quantity", "0: a fill changes the position".into())
+        );
+        p.fills[0].signed_quantity = None;
+        let err = Event::decode(&envelope_with(&r, &p.encode_to_vec(), Some("2"))).unwrap_err();
+        assert_eq!(err, DecodeError::Missing("rebalance.fills.signed_quantity"));
+        // A v1 `side` left in a v2 fill is a field this build does not know: refused.
+        p.fills[0].signed_quantity = dec(Fixed::ONE);
+        let mut fill = p.fills[0].encode_to_vec();
+        crate::wire::put_uint(&mut fill, 2, 1);
+        let mut payload = p.encode_to_vec();
+        crate::wire::put_bytes(&mut payload, 3, &fill);
+        let err = Event::decode(&envelope_with(&r, &payload, Some("2"))).unwrap_err();
+        assert!(matches!(err, DecodeError::UnknownFields(_)), "{err}");
     }
 }

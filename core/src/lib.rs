@@ -34,4 +34,5 @@ pub mod service;
 pub mod signals;
 pub mod snapshot;
 pub mod topics;
+pub mod upcast;
 pub mod wire;

@@ -498,4 +498,67 @@ mod tests {
         while b.step(&mut cb, &mut producer, 100).unwrap() != StepOutcome::Idle {}
         assert_eq!(total(&b), 11);
     }
+
+    /// `bytes` with `schema_version` set to `version` and, if given, another type and payload.
+    fn relabelled(bytes: &[u8], version: &str, retyped: Option<(pb::EventType, Vec<u8>)>) -> Vec<u8> {
+        let mut env = pb::DomainEvent::decode(bytes).unwrap();
+        env.metadata.insert(crate::event::meta_key::SCHEMA_VERSION.into(), version.into());
+        if let Some((t, payload)) = retyped {
+            env.r#type = t as i32;
+            env.payload = payload.into();
+        }
+        env.encode_to_vec()
+    }
+
+    #[test]
+    fn an_older_version_is_upcast_and_one_that_cannot_be_or_a_newer_one_is_dead_lettered() {
+        // Given a v1 trade, a v3 trade and a v1 rebalance whose fill has no side
+        let bus = MemoryBus::new();
+        let mut producer = bus.producer();
+        let unsided = pb::PortfolioRebalancedV1 {
+            portfolio_id: "alpha".into(),
+            reason: pb::RebalanceReason::Signal as i32,
+            fills: vec![pb::FillV1 {
+                symbol: "BTCUSDT".into(),
+                side: pb::Side::Unspecified as i32,
+                quantity: Some(pb::Decimal { units: 1, scale: 0 }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let records = [
+            relabelled(&trade(1), "1", None),
+            relabelled(&trade(2), "3", None),
+            relabelled(&trade(3), "1", Some((pb::EventType::PortfolioRebalanced, unsided.encode_to_vec()))),
+        ];
+        for r in &records {
+            producer.send(topics::MARKET_FEED, 0, b"k", r).unwrap();
+        }
+        // When they are processed
+        let mut p = Processor::new(Count);
+        let mut c = bus.consumer("g", "a", &[topics::MARKET_FEED]);
+        while p.step(&mut c, &mut producer, 100).unwrap() != StepOutcome::Idle {}
+        // Then the v1 trade reached the service, and the others are dead letters with the reason
+        assert_eq!(total(&p), 1);
+        let broker = bus.broker();
+        let mut reasons: Vec<String> = broker
+            .all_partitions()
+            .into_iter()
+            .filter(|tp| tp.topic == topics::DEADLETTER)
+            .flat_map(|tp| broker.read(tp, 0, broker.end_offset(tp)))
+            .map(|r| decode_dead_letter(&r.value).unwrap())
+            .inspect(|d| assert!(records.iter().any(|r| r[..] == d.original[..])))
+            .map(|d| d.reason)
+            .collect();
+        reasons.sort();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(
+            reasons[0].starts_with("schema v1 payload cannot be upcast to v2: `rebalance.fills[0].side` 0"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[1].starts_with("schema version 3 is newer than this build understands (2)"),
+            "{reasons:?}"
+        );
+    }
 }

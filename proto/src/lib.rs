@@ -1,4 +1,6 @@
-//! The wire schema of CipherHorizon, generated from `proto/horizon/v1/events.proto`.
+//! The wire schema of CipherHorizon, generated from `proto/horizon/v1/events.proto` (the current
+//! contract) and `proto/horizon/v1/history.proto` (payload shapes of earlier schema versions,
+//! read only by the upcasters).
 //!
 //! These are plain prost messages: the contract other services (in any language) produce and
 //! consume. The domain never works on them directly; `horizon-core`'s codec converts them to
@@ -12,3 +14,5 @@ pub mod v1 {
 
 /// The schema files, for tools that generate code in other languages from the same contract.
 pub const EVENTS_PROTO: &str = include_str!("../horizon/v1/events.proto");
+/// Earlier versions' payload shapes; other languages need them only to read old records.
+pub const HISTORY_PROTO: &str = include_str!("../horizon/v1/history.proto");

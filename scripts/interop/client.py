@@ -71,13 +71,15 @@ def main():
             aggressor_side=side,
             ts_exchange=ts(sec),
         )
+        # schema_version names the shapes of the classes in use: events.proto is the current
+        # version (2). Trades are the same in v1 and v2; a reader upcasts older versions.
         env = pb.DomainEvent(
             event_id=f"py-{run}-trade-{n}",
             aggregate_id=args.symbol,
             type=pb.MARKET_DATA_RECEIVED,
             timestamp=ts(sec),
             payload=pb.MarketData(trade=trade).SerializeToString(),
-            metadata={"producer": "python-interop", "schema_version": "1", "correlation_id": f"py-{run}-trade-{n}"},
+            metadata={"producer": "python-interop", "schema_version": "2", "correlation_id": f"py-{run}-trade-{n}"},
         )
         sent_ids.append(env.event_id)
         producer.produce("market.feed", key=args.symbol.encode(), value=env.SerializeToString(), on_delivery=report)
