@@ -1,8 +1,9 @@
 //! Parity with the simulator on a real Apache Kafka: a shipped scenario fed through Kafka and
 //! processed by `horizon run` processes (real child processes of the built binary) ends in
 //! projections byte-identical to `horizon sim` of the same scenario — with one process, with two
-//! in one consumer group one of which is SIGKILLed midway and restarted, and with the broker
-//! stopped and restarted in the middle of the run.
+//! in one consumer group one of which is SIGKILLed midway and restarted, with the broker
+//! stopped and restarted in the middle of the run, and with one node of a three-node cluster
+//! (replication factor 3, min.insync.replicas 2) SIGKILLed in the middle of the run.
 //!
 //! Each test gets a broker of its own (`scripts/kafka start --fresh` on a free port with its own
 //! `HORIZON_KAFKA_STATE` under the target dir, stopped and wiped at the end), so its topics hold
@@ -38,7 +39,7 @@ fn port_free(p: u16) -> bool {
     TcpListener::bind(("127.0.0.1", p)).is_ok()
 }
 
-/// A single-node broker of this test's own; stopped and wiped on drop.
+/// A broker (or a cluster of them) of this test's own; stopped and wiped on drop.
 struct Broker {
     state: PathBuf,
     port: u16,
@@ -47,12 +48,17 @@ struct Broker {
 
 impl Broker {
     fn start() -> Broker {
+        Broker::start_nodes(1)
+    }
+
+    /// `nodes` brokers (combined broker+controller) on ports `port..port+nodes`.
+    fn start_nodes(nodes: u16) -> Broker {
         // Other test runs (another session's `cargo test`) may be starting brokers too: start
         // from a port that depends on the process id, and move on when a start fails.
         let offset = (std::process::id() as usize % 40) * 7;
         let mut failures = Vec::new();
         for port in (19600..19900).step_by(7).cycle().skip(offset / 7).take(40) {
-            if !(port_free(port) && port_free(port + 100)) {
+            if !(0..nodes).all(|n| port_free(port + n) && port_free(port + 100 + n)) {
                 continue;
             }
             let state = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kafka-parity-{port}"));
@@ -61,7 +67,7 @@ impl Broker {
                 port,
                 bootstrap: String::new(),
             };
-            match b.try_script(&["start", "--fresh", "--port", &port.to_string()]) {
+            match b.try_script(&["start", "--fresh", "--nodes", &nodes.to_string(), "--port", &port.to_string()]) {
                 Ok(bootstrap) => {
                     b.bootstrap = bootstrap;
                     return b;
@@ -405,4 +411,36 @@ fn the_broker_stopped_and_restarted_midway_the_run_completes_with_the_same_proje
     let (status, log) = service.stop();
     assert!(status.success(), "horizon run exited with {status}:\n{log}");
     assert!(log.contains("broker connection lost"), "the outage was seen:\n{log}");
+}
+
+#[test]
+fn a_node_of_three_killed_midway_the_run_completes_with_the_same_projections() {
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let want = reference();
+    let cluster = Broker::start_nodes(3);
+    run_cli(&[
+        "topics",
+        "create",
+        "--brokers",
+        &cluster.bootstrap,
+        "--replication-factor",
+        "3",
+        "--min-insync",
+        "2",
+    ]);
+    let service = Service::start(&cluster, "one-node-down", "parity-d");
+    let feeding = feed(&cluster, Some("10000/s"));
+    std::thread::sleep(Duration::from_millis(2000));
+    // A crash, not a clean shutdown: node 1 is the first bootstrap server, and leads about a
+    // third of the partitions and perhaps the groups' coordinator. Two of three replicas stay in
+    // sync, so acks=all writes go on after the leaders move.
+    cluster.script(&["kill-node", "1"]);
+    eprintln!("node 1 of 3 killed");
+    await_ok(feeding, "horizon feed");
+    let t0 = Instant::now();
+    service.await_digests(&want, Duration::from_secs(240));
+    eprintln!("reached the digests {:?} after the feed ended, one node down", t0.elapsed());
+    check_topics_against(&want, &cluster.bootstrap);
+    let (status, log) = service.stop();
+    assert!(status.success(), "horizon run exited with {status}:\n{log}");
 }
