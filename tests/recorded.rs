@@ -4,13 +4,12 @@
 //!
 //! These tests need the data. CI has it; where it is missing they fail, saying where they looked.
 
+mod common;
+
 use horizon_core::pipeline::MemoryRun;
-use horizon_core::projections::Digests;
 use horizon_core::scenario::Scenario;
-use horizon_core::{Fixed, Timestamp};
 use horizon_runtime::recorded::{self, ReadReport};
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -55,30 +54,17 @@ fn run(s: &Scenario, chunk: usize) -> (MemoryRun, ReadReport) {
     (run, feed.report().clone())
 }
 
-/// What a reviewer reads in a snapshot: the recording's counts, every event count and the read
-/// models, with long series thinned (as in `tests/scenarios.rs`).
+/// What a reviewer reads in a snapshot: the recording's counts, then every event count and the
+/// read models, with long series thinned (as in `tests/scenarios.rs`).
 #[derive(Serialize)]
 struct Snapshot {
     recording: serde_json::Value,
-    events_by_type: BTreeMap<String, u64>,
-    bars: BTreeMap<String, BTreeMap<String, BarSeriesSummary>>,
-    portfolio: serde_json::Value,
-    risk: serde_json::Value,
-    notifications: serde_json::Value,
-    audit_entries: usize,
-    digests: Digests,
-}
-
-#[derive(Serialize)]
-struct BarSeriesSummary {
-    count: usize,
-    first: (Timestamp, Fixed, Fixed),
-    last: (Timestamp, Fixed, Fixed),
+    #[serde(flatten)]
+    projections: common::ProjectionSummary,
 }
 
 fn snapshot(run: &MemoryRun, report: &ReadReport) -> Snapshot {
-    let p = run.pipeline.projections().unwrap();
-    let mut views = serde_json::to_value(run.pipeline.views()).unwrap();
+    let mut views = common::views(run);
     for pv in views["portfolios"].as_object_mut().unwrap().values_mut() {
         let series = pv["series"].as_array().unwrap();
         let step = (series.len() / 25).max(1);
@@ -99,34 +85,7 @@ fn snapshot(run: &MemoryRun, report: &ReadReport) -> Snapshot {
     }
     Snapshot {
         recording,
-        events_by_type: p.events_by_type.iter().map(|(k, v)| (k.as_str().to_string(), *v)).collect(),
-        bars: p
-            .bars
-            .iter()
-            .map(|(sym, by_interval)| {
-                let summaries = by_interval
-                    .iter()
-                    .map(|(iv, bars)| {
-                        let f = bars.values().next().unwrap();
-                        let l = bars.values().last().unwrap();
-                        (
-                            iv.clone(),
-                            BarSeriesSummary {
-                                count: bars.len(),
-                                first: (f.start, f.open, f.close),
-                                last: (l.start, l.open, l.close),
-                            },
-                        )
-                    })
-                    .collect();
-                (sym.clone(), summaries)
-            })
-            .collect(),
-        portfolio: views["portfolios"].clone(),
-        risk: views["risk"].clone(),
-        notifications: views["notifications"].clone(),
-        audit_entries: p.audit.len(),
-        digests: run.pipeline.digests(),
+        projections: common::summarize(run, views),
     }
 }
 

@@ -2,15 +2,15 @@
 //! projections, determinism, independence from how the stages interleave, and rebuilding the
 //! read side from the log.
 
+mod common;
+
 use horizon_core::bus::TopicPartition;
 use horizon_core::event::Event;
+use horizon_core::feed;
 use horizon_core::generator::MarketGenerator;
 use horizon_core::pipeline::MemoryRun;
-use horizon_core::projections::{Digests, ProjectionService, Projections};
+use horizon_core::projections::{ProjectionService, Projections};
 use horizon_core::scenario::Scenario;
-use horizon_core::{feed, Fixed, Timestamp};
-use serde::Serialize;
-use std::collections::BTreeMap;
 
 const SHIPPED: [&str; 3] = ["flash-crash", "trend", "chop"];
 
@@ -26,62 +26,14 @@ fn run(s: &Scenario, chunk: usize) -> MemoryRun {
 }
 
 /// What a reviewer reads in a snapshot: every count and the read models, with long series thinned.
-#[derive(Serialize)]
-struct Snapshot {
-    events_by_type: BTreeMap<String, u64>,
-    bars: BTreeMap<String, BTreeMap<String, BarSeriesSummary>>,
-    portfolio: serde_json::Value,
-    risk: serde_json::Value,
-    notifications: serde_json::Value,
-    audit_entries: usize,
-    digests: Digests,
-}
-
-#[derive(Serialize)]
-struct BarSeriesSummary {
-    count: usize,
-    first: (Timestamp, Fixed, Fixed),
-    last: (Timestamp, Fixed, Fixed),
-}
-
-fn snapshot(run: &MemoryRun) -> Snapshot {
-    let p = run.pipeline.projections().unwrap();
-    let mut views = serde_json::to_value(run.pipeline.views()).unwrap();
+fn snapshot(run: &MemoryRun) -> common::ProjectionSummary {
+    let mut views = common::views(run);
     for pv in views["portfolios"].as_object_mut().unwrap().values_mut() {
         let series = pv["series"].as_array().unwrap();
         let thinned: Vec<_> = series.iter().step_by(30).cloned().collect();
         pv["series"] = serde_json::Value::Array(thinned);
     }
-    Snapshot {
-        events_by_type: p.events_by_type.iter().map(|(k, v)| (k.as_str().to_string(), *v)).collect(),
-        bars: p
-            .bars
-            .iter()
-            .map(|(sym, by_interval)| {
-                let summaries = by_interval
-                    .iter()
-                    .map(|(iv, bars)| {
-                        let f = bars.values().next().unwrap();
-                        let l = bars.values().last().unwrap();
-                        (
-                            iv.clone(),
-                            BarSeriesSummary {
-                                count: bars.len(),
-                                first: (f.start, f.open, f.close),
-                                last: (l.start, l.open, l.close),
-                            },
-                        )
-                    })
-                    .collect();
-                (sym.clone(), summaries)
-            })
-            .collect(),
-        portfolio: views["portfolios"].clone(),
-        risk: views["risk"].clone(),
-        notifications: views["notifications"].clone(),
-        audit_entries: p.audit.len(),
-        digests: run.pipeline.digests(),
-    }
+    common::summarize(run, views)
 }
 
 #[test]
