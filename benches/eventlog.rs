@@ -8,8 +8,8 @@
 //!
 //! - `chain overhead`: rebuilding the projections from the flash-crash log without and with
 //!   hash-chaining every record (`audit::Chainer`, blake3; the target: at most 15% of replay
-//!   throughput), and with the same chain through SHA-256 (`sha2` with the CPU's SHA extensions)
-//!   for comparison.
+//!   throughput), and with the same bytes hashed outside `Chainer` by blake3 and by SHA-256
+//!   (`sha2`, the CPU's SHA extensions), for comparison.
 //! - `day recovery`: a day of tick data (the flash-crash scenario stretched to 24 h at
 //!   `EVENTLOG_DAY_TRADES_PER_MINUTE` trades per minute per symbol, default 620: 3,749,741
 //!   trades with seed 7, ~43 a second, the order of a busy Binance BTCUSDT spot day, which is
@@ -76,10 +76,10 @@ fn rebuild_chained(records: &[Record]) -> Projections {
     p
 }
 
-/// The same chain with SHA-256 (`sha2`, which uses the CPU's SHA extensions when present)
-/// in place of blake3: the same bytes, one buffer per record. For the same-run comparison
-/// only; the audit log's chain is `audit::chain_hash` (blake3).
-fn rebuild_chained_sha256(records: &[Record]) -> Projections {
+/// The audit chain's bytes through blake3 (as `Chainer` hashes them) or SHA-256 (`sha2`, with
+/// the CPU's SHA extensions), outside `Chainer`: one buffer per record. For the same-run
+/// comparison only; the audit log's chain is `audit::Chainer`.
+fn rebuild_chained_local(records: &[Record], sha256: bool) -> Projections {
     use sha2::Digest;
     let mut buf = Vec::new();
     let mut heads: Vec<(&str, u32, [u8; 32])> = Vec::new();
@@ -101,7 +101,11 @@ fn rebuild_chained_sha256(records: &[Record]) -> Projections {
         buf.extend_from_slice(&(r.key.len() as u32).to_le_bytes());
         buf.extend_from_slice(&r.key);
         buf.extend_from_slice(&r.value);
-        heads[i].2 = sha2::Sha256::digest(&buf).into();
+        heads[i].2 = if sha256 {
+            sha2::Sha256::digest(&buf).into()
+        } else {
+            *blake3::hash(&buf).as_bytes()
+        };
         if let Ok(e) = Event::decode(&r.value) {
             p.apply(&e);
         }
@@ -166,38 +170,43 @@ fn per_second(n: u64, d: Duration) -> String {
     }
 }
 
-/// Rebuild without the hash chain, with it (blake3, as the audit log chains) and with the same
-/// chain through SHA-256, in turn, the same records each round.
+/// Rebuild without the hash chain, with it (SHA-256, as the audit log chains) and with the
+/// former blake3 chain, in turn, the same records each round.
 fn chain_overhead() {
     let log = flash_crash_log();
     let n = log.len() as u64;
-    let rounds = 21;
-    let mut times: [Vec<Duration>; 3] = Default::default();
+    let rounds = 31;
+    let mut times: [Vec<Duration>; 4] = Default::default();
     for round in 0..rounds {
         // Rotate which goes first, so none always runs on a warmer (or busier) machine.
-        for k in 0..3 {
-            let which = (round + k) % 3;
+        for k in 0..4 {
+            let which = (round + k) % 4;
             let t = Instant::now();
             let p = match which {
                 0 => rebuild(&log),
                 1 => rebuild_chained(&log),
-                _ => rebuild_chained_sha256(&log),
+                2 => rebuild_chained_local(&log, true),
+                _ => rebuild_chained_local(&log, false),
             };
             times[which].push(t.elapsed());
             black_box(p.audit.len());
         }
     }
-    let [plain, blake, sha] = times.map(median);
+    let [plain, chainer, sha, blake] = times.map(median);
     println!("\nchain overhead (flash-crash log, {n} records, median of {rounds} rotating rounds):");
     println!(
-        "  rebuild without chain         {:>9.2} ms  {}",
+        "  rebuild without chain              {:>9.2} ms  {}",
         plain.as_secs_f64() * 1e3,
         per_second(n, plain)
     );
-    for (name, d) in [("with chain (blake3)", blake), ("with SHA-256 chain", sha)] {
+    for (name, d) in [
+        ("with Chainer (blake3)", chainer),
+        ("with local SHA-256 chain", sha),
+        ("with local blake3 chain", blake),
+    ] {
         let ratio = plain.as_secs_f64() / d.as_secs_f64();
         println!(
-            "  rebuild {name:<22}{:>9.2} ms  {}  throughput {ratio:.3} of without: costs {:.1}% (target <= 15%)",
+            "  rebuild {name:<27}{:>9.2} ms  {}  throughput {ratio:.3} of without: costs {:.1}% (target <= 15%)",
             d.as_secs_f64() * 1e3,
             per_second(n, d),
             (1.0 - ratio) * 100.0
