@@ -64,16 +64,6 @@ enum Cut {
     Offsets(BTreeMap<String, u64>),
 }
 
-fn parse_offsets(text: &str) -> Option<BTreeMap<String, u64>> {
-    text.split(',')
-        .map(|part| {
-            let (tp, off) = part.trim().rsplit_once(':')?;
-            tp.contains('/').then_some(())?;
-            Some((tp.to_string(), off.parse().ok()?))
-        })
-        .collect()
-}
-
 pub fn run(args: QueryArgs) -> Result<(), String> {
     let log = args
         .log
@@ -101,8 +91,13 @@ pub fn run(args: QueryArgs) -> Result<(), String> {
                 Cut::Time(t)
             } else if let Some((_, _, e)) = events.iter().find(|(_, _, e)| e.id == at) {
                 Cut::Time(e.ts)
-            } else if let Some(o) = parse_offsets(at) {
-                Cut::Offsets(o)
+            } else if at.contains(':') && at.contains('/') {
+                // Shaped like offsets (an RFC 3339 time or an id that failed above is not).
+                match horizon_core::bus::parse_offsets(at) {
+                    Ok(o) if !o.is_empty() => Cut::Offsets(o),
+                    Ok(_) => return Err(format!("--at `{at}`: no offsets given")),
+                    Err(why) => return Err(format!("--at: {why}")),
+                }
             } else {
                 return Err(format!(
                     "--at `{at}`: not an RFC 3339 time, an event id in {}, or topic/partition:offset,...",

@@ -1,7 +1,8 @@
 //! The tamper-evident audit log: every record the system saw, each carrying a hash chained to
 //! the previous record of its partition.
 //!
-//! `hash = blake3(prev hash ‖ topic ‖ partition ‖ offset ‖ key ‖ value)`. Verification walks each
+//! `hash = blake3(prev hash ‖ len(topic) ‖ topic ‖ partition ‖ offset ‖ len(key) ‖ key ‖ value)`
+//! (integers little-endian, lengths u32). Verification walks each
 //! partition's chain and names the first record that was altered (its content no longer matches
 //! its hash), removed (the next record's offset skips or its link points past a missing record)
 //! or inserted (a record whose offset repeats or whose link does not continue the chain). The
@@ -51,24 +52,38 @@ pub enum Line {
     Seal(Seal),
 }
 
-pub fn chain_hash(prev: &Hash, topic: &str, partition: u32, offset: u64, key: &[u8], value: &[u8]) -> Hash {
-    // One contiguous buffer: blake3 is much faster on one update than on many small ones.
+/// The bytes a link hashes, into `b` (cleared first).
+fn link_bytes(b: &mut Vec<u8>, prev: &Hash, topic: &str, partition: u32, offset: u64, key: &[u8], value: &[u8]) {
+    b.clear();
+    b.extend_from_slice(prev);
+    b.extend_from_slice(&(topic.len() as u32).to_le_bytes());
+    b.extend_from_slice(topic.as_bytes());
+    b.extend_from_slice(&partition.to_le_bytes());
+    b.extend_from_slice(&offset.to_le_bytes());
+    b.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    b.extend_from_slice(key);
+    b.extend_from_slice(value);
+}
+
+/// `link_bytes` in a buffer of the calling thread (no allocation per record).
+fn with_link_bytes<R>(prev: &Hash, topic: &str, partition: u32, offset: u64, key: &[u8], value: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
     thread_local! {
         static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     BUF.with(|buf| {
         let mut b = buf.borrow_mut();
-        b.clear();
-        b.extend_from_slice(prev);
-        b.extend_from_slice(&(topic.len() as u32).to_le_bytes());
-        b.extend_from_slice(topic.as_bytes());
-        b.extend_from_slice(&partition.to_le_bytes());
-        b.extend_from_slice(&offset.to_le_bytes());
-        b.extend_from_slice(&(key.len() as u32).to_le_bytes());
-        b.extend_from_slice(key);
-        b.extend_from_slice(value);
-        *blake3::hash(&b).as_bytes()
+        link_bytes(&mut b, prev, topic, partition, offset, key, value);
+        f(&b)
     })
+}
+
+fn blake3(bytes: &[u8]) -> Hash {
+    // One contiguous buffer: blake3 is much faster on one update than on many small ones.
+    *blake3::hash(bytes).as_bytes()
+}
+
+pub fn chain_hash(prev: &Hash, topic: &str, partition: u32, offset: u64, key: &[u8], value: &[u8]) -> Hash {
+    with_link_bytes(prev, topic, partition, offset, key, value, blake3)
 }
 
 fn chain_name(topic: &str, partition: u32) -> String {
@@ -81,6 +96,9 @@ pub struct Chainer {
     // A handful of chains (one per partition): a vector searched linearly beats a map keyed by
     // an allocated name.
     heads: Vec<(String, u32, u64, Hash)>,
+    /// The link being hashed, reused across records: no allocation and no thread-local lookup
+    /// per record (a replay links millions).
+    buf: Vec<u8>,
 }
 
 impl Chainer {
@@ -95,7 +113,8 @@ impl Chainer {
         };
         let head = &mut self.heads[i];
         let prev = head.3;
-        let hash = chain_hash(&prev, topic, partition, offset, key, value);
+        link_bytes(&mut self.buf, &prev, topic, partition, offset, key, value);
+        let hash = blake3(&self.buf);
         head.2 += 1;
         head.3 = hash;
         (prev, hash)

@@ -9,6 +9,7 @@
 //! processing loop (`processor`) drives any of them.
 
 use bytes::Bytes;
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// Topic names are a fixed, documented set (see `topics`).
@@ -132,6 +133,34 @@ pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
     ((murmur2(key) & 0x7fff_ffff) as u32) % partitions
 }
 
+/// Per-partition offsets as queries and headers write them, `topic/partition:offset,...`
+/// (spaces around a part and empty parts ignored), into "topic/partition" → offset. The error
+/// names the first part that is not `topic/partition:offset` with a non-empty topic, a whole
+/// partition number and a whole offset, or a partition given twice. The query API's
+/// `min_offsets` and `X-Horizon-Offsets`, and `horizon query --at`, use this one syntax.
+pub fn parse_offsets(text: &str) -> Result<BTreeMap<String, u64>, String> {
+    let mut out = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = |why: &str| format!("`{part}`: {why} (expected topic/partition:offset)");
+        let (tp, offset) = part.rsplit_once(':').ok_or_else(|| bad("no `:offset`"))?;
+        let (topic, partition) = tp.rsplit_once('/').ok_or_else(|| bad("no `/partition`"))?;
+        if topic.is_empty() {
+            return Err(bad("empty topic"));
+        }
+        partition.parse::<u32>().map_err(|_| bad("the partition is not a whole number"))?;
+        let offset = offset.parse::<u64>().map_err(|_| bad("the offset is not a whole number"))?;
+        if out.insert(tp.to_string(), offset).is_some() {
+            return Err(format!("`{tp}` is given more than once"));
+        }
+    }
+    Ok(out)
+}
+
+/// The inverse of `parse_offsets`: `topic/partition:offset,...` in partition order.
+pub fn format_offsets(o: &BTreeMap<String, u64>) -> String {
+    o.iter().map(|(tp, off)| format!("{tp}:{off}")).collect::<Vec<_>>().join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +188,24 @@ mod tests {
             assert_eq!(partition_for(b"BTCUSDT", 6), p);
         }
         assert!(p < 6);
+    }
+
+    #[test]
+    fn offsets_parse_and_format_round_trip() {
+        let o = parse_offsets("market.feed/0:12, signals/1:3,").unwrap();
+        assert_eq!(o.get("market.feed/0"), Some(&12));
+        assert_eq!(format_offsets(&o), "market.feed/0:12,signals/1:3");
+        assert_eq!(parse_offsets("").unwrap(), BTreeMap::new());
+        for (bad, named) in [
+            ("market.feed:12", "`market.feed:12`: no `/partition`"),
+            ("market.feed/x:12", "`market.feed/x:12`: the partition is not"),
+            ("market.feed/0:-1", "`market.feed/0:-1`: the offset is not"),
+            ("/0:1", "`/0:1`: empty topic"),
+            ("signals/0", "`signals/0`: no `:offset`"),
+            ("signals/0:1,signals/0:2", "`signals/0` is given more than once"),
+        ] {
+            let e = parse_offsets(bad).unwrap_err();
+            assert!(e.starts_with(named), "{bad}: {e}");
+        }
     }
 }

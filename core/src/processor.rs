@@ -178,7 +178,7 @@ impl<S: Service> Processor<S> {
         }
         let state = self
             .service
-            .decode_state(&snap.state)
+            .decode_state(snap.state)
             .ok_or_else(|| format!("`{}` cannot read this snapshot's state", snap.service))?;
         let mut base = BTreeMap::new();
         for (topic, partition, offset) in snap.offsets {

@@ -57,7 +57,7 @@ pub struct Projections {
     pub notifications: BTreeMap<String, BTreeMap<String, (Timestamp, Notification)>>,
     /// Every event by id. A hash map for speed (it takes every trade); serialised in id order,
     /// so its iteration order never reaches an output.
-    #[serde(serialize_with = "sorted")]
+    #[serde(serialize_with = "sorted", deserialize_with = "presized")]
     pub audit: FxHashMap<String, AuditEntry>,
     pub events_by_type: BTreeMap<EventType, u64>,
 }
@@ -65,6 +65,32 @@ pub struct Projections {
 fn sorted<S: serde::Serializer>(map: &FxHashMap<String, AuditEntry>, s: S) -> Result<S::Ok, S::Error> {
     let ordered: BTreeMap<&String, &AuditEntry> = map.iter().collect();
     ordered.serialize(s)
+}
+
+/// Reads the audit trail into a table sized once from the encoded length (postcard gives it),
+/// instead of serde's cautious start and a dozen rehashes of every id on the way to the
+/// millions of entries a day of ticks holds, with a quarter more room for the tail replayed
+/// next (a restored table filled to the brim would rehash every id at the first few thousand
+/// new events; untouched room costs address space, not memory). Capped, so a corrupt length
+/// cannot reserve unbounded memory before the data runs out.
+fn presized<'de, D: serde::Deserializer<'de>>(d: D) -> Result<FxHashMap<String, AuditEntry>, D::Error> {
+    struct Entries;
+    impl<'de> serde::de::Visitor<'de> for Entries {
+        type Value = FxHashMap<String, AuditEntry>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of event ids to audit entries")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let n = m.size_hint().unwrap_or(0).min(1 << 24);
+            let n = n + n / 4;
+            let mut out = FxHashMap::with_capacity_and_hasher(n, Default::default());
+            while let Some((k, v)) = m.next_entry()? {
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Entries)
 }
 
 fn time_key(ts: Timestamp, id: &str) -> String {

@@ -19,13 +19,14 @@ struct Header {
     offsets: Vec<(String, u32, u64)>,
 }
 
-pub struct Snapshot {
+pub struct Snapshot<'a> {
     pub version: u32,
     pub service: String,
     pub task: u32,
     pub offsets: Vec<(String, u32, u64)>,
-    /// The state as the service encoded it (`Service::encode_state`).
-    pub state: Vec<u8>,
+    /// The state as the service encoded it (`Service::encode_state`), borrowed from the
+    /// snapshot's bytes (a day's projections are hundreds of MB: no copy).
+    pub state: &'a [u8],
 }
 
 /// A JSON header line (readable with `head -1`), then the state's bytes.
@@ -42,7 +43,7 @@ pub fn encode(service: &str, task: u32, offsets: &BTreeMap<TopicPartition, u64>,
     out
 }
 
-pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
+pub fn decode(bytes: &[u8]) -> Result<Snapshot<'_>, String> {
     let split = bytes.iter().position(|b| *b == b'\n').ok_or("not a snapshot: no header line")?;
     let header: Header = serde_json::from_slice(&bytes[..split]).map_err(|e| format!("not a snapshot: {e}"))?;
     if header.version != SNAPSHOT_VERSION {
@@ -53,7 +54,7 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
         service: header.service,
         task: header.task,
         offsets: header.offsets,
-        state: bytes[split + 1..].to_vec(),
+        state: &bytes[split + 1..],
     })
 }
 

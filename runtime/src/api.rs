@@ -7,8 +7,10 @@
 //! the records the answer reflects (every record before those offsets is applied). A request
 //! may ask to wait until given offsets are applied (`?min_offsets=topic/p:offset,...` with
 //! `timeout_ms`, default 5000): read-your-writes. On timeout: 504 with a JSON error. Errors are
-//! JSON `{"error": "..."}`: 404 naming the unknown symbol, interval, portfolio, user or event;
-//! 400 naming the malformed parameter. The routes and shapes are in `openapi.json`
+//! JSON `{"error": "..."}`: 404 naming the unknown symbol, interval, portfolio, user or event
+//! (or an event asked for `?at=` a time before it existed); 400 naming the malformed parameter.
+//! Time travel (`?at=` an RFC 3339 event time) is served by portfolios, positions, risk, bars,
+//! the notification feed and events. The routes and shapes are in `openapi.json`
 //! (`GET /openapi.json`).
 
 // Handlers return an error `Response` early (once per request, off the processing loop).
@@ -19,6 +21,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+pub use horizon_core::bus::{format_offsets, parse_offsets};
 use horizon_core::event::EventType;
 use horizon_core::fixed::Fixed;
 use horizon_core::processor::Stats;
@@ -227,20 +230,6 @@ fn bad_param(name: &str, why: impl std::fmt::Display) -> Response {
     error(StatusCode::BAD_REQUEST, format!("query parameter `{name}`: {why}"))
 }
 
-/// `topic/partition:offset,...` into "topic/partition" → offset.
-pub fn parse_offsets(text: &str) -> Option<BTreeMap<String, u64>> {
-    text.split(',')
-        .filter(|p| !p.trim().is_empty())
-        .map(|part| {
-            let (tp, off) = part.trim().rsplit_once(':')?;
-            let (topic, partition) = tp.rsplit_once('/')?;
-            (!topic.is_empty()).then_some(())?;
-            partition.parse::<u32>().ok()?;
-            Some((tp.to_string(), off.parse().ok()?))
-        })
-        .collect()
-}
-
 fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -272,11 +261,6 @@ fn parse_query(raw: &str) -> Result<HashMap<String, String>, Response> {
         }
     }
     Ok(out)
-}
-
-/// The `X-Horizon-Offsets` header value.
-pub fn format_offsets(o: &BTreeMap<String, u64>) -> String {
-    o.iter().map(|(tp, off)| format!("{tp}:{off}")).collect::<Vec<_>>().join(",")
 }
 
 /// The query parameters a route accepts, checked: an unknown one is a 400 naming it.
@@ -343,7 +327,7 @@ impl Params {
         let Some(text) = self.0.get("min_offsets") else {
             return Ok(shared.get());
         };
-        let want = parse_offsets(text).ok_or_else(|| bad_param("min_offsets", format!("`{text}` is not topic/partition:offset,...")))?;
+        let want = parse_offsets(text).map_err(|why| bad_param("min_offsets", why))?;
         let deadline = Instant::now() + Duration::from_millis(timeout_ms);
         loop {
             let snap = shared.get();
@@ -641,7 +625,8 @@ async fn bars(State(s): State<AppState>, Path((symbol, interval)): Path<(String,
 }
 
 async fn notifications(State(s): State<AppState>, Path(user): Path<String>, RawQuery(q): RawQuery) -> Response {
-    let p = tri!(Params::check(q, &["last"]));
+    let p = tri!(Params::check(q, &["at", "last"]));
+    let at = tri!(p.at());
     let last = tri!(p.usize("last"));
     let snap = tri!(p.snapshot(&s.shared).await);
     let Some(views) = &snap.views else { return no_projections() };
@@ -656,15 +641,22 @@ async fn notifications(State(s): State<AppState>, Path(user): Path<String>, RawQ
             ),
         );
     }
+    // As of `at`: the notifications with an event time at or before it (the feed is in time order).
     let rows: Vec<Value> = feed
-        .map(|f| f.iter().map(|(ts, n)| json!({"ts": ts, "notification": n})).collect())
+        .map(|f| {
+            f.iter()
+                .filter(|(ts, _)| at.is_none_or(|t| *ts <= t))
+                .map(|(ts, n)| json!({"ts": ts, "notification": n}))
+                .collect()
+        })
         .unwrap_or_default();
     let skip = last.map(|n| rows.len().saturating_sub(n)).unwrap_or(0);
     answer(&snap, Value::Array(rows[skip..].to_vec()))
 }
 
 async fn event(State(s): State<AppState>, Path(id): Path<String>, RawQuery(q): RawQuery) -> Response {
-    let p = tri!(Params::check(q, &[]));
+    let p = tri!(Params::check(q, &["at"]));
+    let at = tri!(p.at());
     let snap = tri!(p.snapshot(&s.shared).await);
     let state = tri!(state_of(&snap));
     let chain = state.causation_chain(&id);
@@ -673,6 +665,22 @@ async fn event(State(s): State<AppState>, Path(id): Path<String>, RawQuery(q): R
             StatusCode::NOT_FOUND,
             format!("unknown event `{id}` (not among the {} events applied)", state.audit.len()),
         );
+    }
+    if let Some(t) = at {
+        // The event as known at `t`: it exists from its event time on, as in every other `?at=`
+        // view. Its causation chain is given whole: a cause may carry a later event time than
+        // its effect (a bar is stamped with its end but closed by the first trade after it).
+        let ts = chain[0].1.ts;
+        if ts > t {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "event `{id}` did not exist yet at {} (its event time is {})",
+                    t.to_rfc3339_nanos(),
+                    ts.to_rfc3339_nanos()
+                ),
+            );
+        }
     }
     let chain: Vec<Value> = chain.into_iter().map(|(id, entry)| json!({"id": id, "entry": entry})).collect();
     answer(
@@ -837,21 +845,97 @@ mod tests {
     use super::*;
 
     #[test]
-    fn offsets_parse_and_format_round_trip() {
-        let o = parse_offsets("market.feed/0:12, signals/1:3").unwrap();
-        assert_eq!(o.get("market.feed/0"), Some(&12));
-        assert_eq!(format_offsets(&o), "market.feed/0:12,signals/1:3");
-        assert!(parse_offsets("market.feed:12").is_none());
-        assert!(parse_offsets("market.feed/x:12").is_none());
-        assert!(parse_offsets("market.feed/0:-1").is_none());
-    }
-
-    #[test]
     fn every_route_is_in_the_openapi_document_and_back() {
         let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json parses");
         assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
         let documented: BTreeSet<&str> = doc["paths"].as_object().unwrap().keys().map(String::as_str).collect();
         let served: BTreeSet<&str> = ROUTES.iter().copied().collect();
         assert_eq!(documented, served);
+    }
+
+    /// A GET against a served API: (status, JSON body).
+    fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        write!(c, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body}")))
+    }
+
+    #[test]
+    fn the_notification_feed_and_events_travel_in_time() {
+        use horizon_core::event::EventType;
+        use horizon_core::generator::MarketGenerator;
+        use horizon_core::pipeline::MemoryRun;
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/flash-crash.toml");
+        let s = horizon_core::scenario::Scenario::from_toml(&std::fs::read_to_string(path).unwrap(), path).unwrap();
+        let run = MemoryRun::run(
+            &s,
+            MarketGenerator::new(&s, s.seed).unwrap().map(horizon_core::feed::trade_event),
+            8192,
+        );
+        let p = run.pipeline.projections().unwrap().clone();
+        let service = ProjectionService::from_scenario(&s);
+        let shared = SharedSnapshot::default();
+        shared.set(Snapshot {
+            views: Some(service.views(&p)),
+            initial_cash: service.initial_cash.clone(),
+            projections: Some(Arc::new(p.clone())),
+            ..Default::default()
+        });
+        let api = serve("127.0.0.1:0", shared, Catalog::from_scenario(&s)).unwrap();
+
+        // The feed as of a notification's time: exactly the notifications at or before it.
+        let (user, feed) = p
+            .notifications
+            .iter()
+            .find(|(_, f)| f.len() >= 3)
+            .expect("a user with 3 notifications");
+        let times: Vec<Timestamp> = feed.values().map(|(ts, _)| *ts).collect();
+        let t = times[1];
+        let (status, now) = get(api.addr, &format!("/users/{user}/notifications"));
+        assert_eq!((status, now["data"].as_array().unwrap().len()), (200, times.len()));
+        let (status, then) = get(api.addr, &format!("/users/{user}/notifications?at={}", t.to_rfc3339_nanos()));
+        assert_eq!(status, 200);
+        let rows = then["data"].as_array().unwrap();
+        assert_eq!(rows.len(), times.iter().filter(|x| **x <= t).count());
+        assert_eq!(rows[..], now["data"].as_array().unwrap()[..rows.len()]);
+        let (_, with_last) = get(api.addr, &format!("/users/{user}/notifications?at={}&last=1", t.to_rfc3339_nanos()));
+        assert_eq!(with_last["data"][0], rows[rows.len() - 1]);
+        let (status, before) = get(api.addr, &format!("/users/{user}/notifications?at=2000-01-01T00:00:00Z"));
+        assert_eq!((status, before["data"].as_array().unwrap().len()), (200, 0));
+        let (status, bad) = get(api.addr, &format!("/users/{user}/notifications?at=yesterday"));
+        assert_eq!(status, 400);
+        assert!(bad["error"].as_str().unwrap().contains("`at`"), "{bad}");
+
+        // An event as known at its own time, and a 404 naming both times just before it.
+        let (id, entry) = p
+            .audit
+            .iter()
+            .filter(|(_, e)| e.event_type == EventType::UserNotificationTriggered)
+            .min_by_key(|(id, e)| (e.ts, (*id).clone()))
+            .unwrap();
+        let (status, now) = get(api.addr, &format!("/events/{id}"));
+        assert_eq!(status, 200);
+        assert!(now["data"]["causation_chain"].as_array().unwrap().len() >= 2, "{now}");
+        let (status, then) = get(api.addr, &format!("/events/{id}?at={}", entry.ts.to_rfc3339_nanos()));
+        assert_eq!(status, 200);
+        assert_eq!(then["data"], now["data"], "the whole chain, even a cause stamped later");
+        let just_before = Timestamp::from_nanos(entry.ts.nanos() - 1);
+        let (status, missing) = get(api.addr, &format!("/events/{id}?at={}", just_before.to_rfc3339_nanos()));
+        assert_eq!(status, 404);
+        let message = missing["error"].as_str().unwrap();
+        assert!(
+            message.contains("did not exist yet") && message.contains(&entry.ts.to_rfc3339_nanos()),
+            "{message}"
+        );
+        let (status, bad) = get(api.addr, &format!("/events/{id}?at=soon"));
+        assert_eq!(status, 400);
+        assert!(bad["error"].as_str().unwrap().contains("`at`"), "{bad}");
+        let (status, _) = get(api.addr, &format!("/events/{id}?as_of=2024-03-01"));
+        assert_eq!(status, 400);
     }
 }
