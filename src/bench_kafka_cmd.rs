@@ -21,12 +21,24 @@ pub struct BenchKafkaArgs {
     /// Paced rates (events/s) for the latency runs, each for about 10 s.
     #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
     pub rates: Vec<f64>,
+    /// Confirms the broker is a scratch one: every pipeline run deletes and recreates the
+    /// platform topics (a process restores its state by replaying the topics, so they must be
+    /// empty for the figures to mean anything).
+    #[arg(long)]
+    pub scratch: bool,
     /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(args: BenchKafkaArgs) -> Result<(), String> {
+    if !args.scratch {
+        return Err(
+            "horizon bench kafka deletes and recreates the platform topics before each pipeline run: \
+                    point it at a scratch broker and pass --scratch"
+                .into(),
+        );
+    }
     let (_path, mut scenario) = load_scenario(&args.scenario)?;
     if let Some(g) = scenario.market.generator.as_mut() {
         g.duration = "30d".into();

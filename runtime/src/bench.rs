@@ -10,13 +10,13 @@
 //! - raw: the same encoded records produced to a scratch topic, flushed, then consumed back by a
 //!   plain consumer; records / (produce + consume time).
 //!
-//! Every run uses new consumer groups committed at the current end of their inputs, so earlier
-//! data on the broker is not re-read.
+//! Every pipeline run deletes and recreates the platform topics (empty) and uses new consumer
+//! groups: run it on a scratch broker only (`horizon bench kafka` asks for `--scratch`).
 
-use crate::kafka::{admin, KafkaConfig, KafkaProducer};
+use crate::kafka::{admin, KafkaConfig};
 use crate::service::{ServiceOptions, ServiceProcess, StageKind};
 use hdrhistogram::Histogram;
-use horizon_core::bus::{partition_for, BusError, Producer};
+use horizon_core::bus::{partition_for, BusError};
 use horizon_core::event::Event;
 use horizon_core::pipeline::{MemoryRun, Pipeline};
 use horizon_core::scenario::Scenario;
@@ -51,8 +51,14 @@ fn unique(what: &str) -> String {
     format!("bench-{what}-{}-{nanos}", std::process::id())
 }
 
-/// A service process with all four stages whose groups start at the current end of the log.
+/// A service process with all four stages on freshly recreated, empty topics.
+///
+/// The topics must be empty: a process restores its stages by replaying each partition up to the
+/// committed offset, so groups committed at the end of earlier runs' data would first replay all
+/// of it, and the bench's events (the same ids every run) would then be dropped as duplicates by
+/// the restored state — the pipeline run waited forever for projections that never changed.
 fn fresh_process(scenario: &Scenario, config: &KafkaConfig) -> Result<ServiceProcess, BusError> {
+    admin::recreate_topics(config)?;
     let prefix = unique("pipeline");
     let mut probe = Pipeline::new(scenario);
     for stage in probe.stages() {
@@ -67,8 +73,10 @@ fn applied(p: &ServiceProcess) -> u64 {
     p.pipeline.projections().map(|x| x.audit.len() as u64).unwrap_or(0)
 }
 
-/// Publishes `events` (paced when `rate` is set) from a thread; sends (index, instant) of every
-/// `probe_every`-th event once its chunk is handed to the producer.
+/// Publishes `events` (paced when `rate` is set) from a thread with a plain rdkafka producer
+/// (idempotent, `acks=all`, `linger.ms=1`): sends each chunk, serves delivery reports without
+/// waiting, flushes once at the end. Sends (index, instant) of every `probe_every`-th event as
+/// its chunk is handed to the producer.
 fn gateway(
     config: KafkaConfig,
     events: Vec<Event>,
@@ -77,7 +85,18 @@ fn gateway(
     probes: mpsc::Sender<(usize, Instant)>,
 ) -> std::thread::JoinHandle<Result<f64, BusError>> {
     std::thread::spawn(move || {
-        let mut producer = KafkaProducer::new(&config)?;
+        let err = |e: rdkafka::error::KafkaError| BusError::Unavailable(e.to_string());
+        let mut base = ClientConfig::new();
+        base.set("bootstrap.servers", &config.bootstrap);
+        for (k, v) in &config.properties {
+            base.set(k, v);
+        }
+        let producer: BaseProducer = base
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "1")
+            .create()
+            .map_err(err)?;
         let parts = topics::partitions(topics::MARKET_FEED);
         let chunk = rate.map(|r| ((r / 1000.0) as usize).max(1)).unwrap_or(5000);
         let start = Instant::now();
@@ -92,14 +111,28 @@ fn gateway(
             let now = Instant::now();
             for (i, e) in block.iter().enumerate() {
                 let key = e.aggregate_id.as_bytes();
-                producer.send(topics::MARKET_FEED, partition_for(key, parts), key, &e.encode())?;
+                let value = e.encode();
+                let mut record = BaseRecord::to(topics::MARKET_FEED)
+                    .partition(partition_for(key, parts) as i32)
+                    .key(key)
+                    .payload(&value);
+                loop {
+                    match producer.send(record) {
+                        Ok(()) => break,
+                        Err((_, back)) => {
+                            producer.poll(Duration::from_millis(1));
+                            record = back;
+                        }
+                    }
+                }
                 let index = c * chunk + i;
                 if probe_every > 0 && index.is_multiple_of(probe_every) {
                     let _ = probes.send((index, now));
                 }
             }
-            producer.flush()?;
+            producer.poll(Duration::ZERO);
         }
+        producer.flush(Duration::from_secs(60)).map_err(err)?;
         Ok(events.len() as f64 / start.elapsed().as_secs_f64())
     })
 }

@@ -772,6 +772,42 @@ pub mod admin {
         wait_for_leaders(&admin, config.request_timeout)
     }
 
+    /// Deletes every documented topic (`topics::ALL`) and creates it again, empty: for
+    /// benchmarks on a scratch broker only. Retries the creation while the broker still has the
+    /// old topic marked for deletion (waits until the deleted topics leave the metadata first).
+    pub fn recreate_topics(config: &KafkaConfig) -> Result<(), BusError> {
+        let admin: AdminClient<DefaultClientContext> = config.client_config(&[], &[]).create().map_err(|e| bus_error(&e))?;
+        let options = AdminOptions::new()
+            .operation_timeout(Some(config.request_timeout))
+            .request_timeout(Some(config.request_timeout));
+        let names: Vec<&str> = topics::ALL.iter().map(|t| t.name).collect();
+        let results = futures_executor::block_on(admin.delete_topics(&names, &options)).map_err(|e| bus_error(&e))?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((name, code)) => return Err(BusError::Unavailable(format!("deleting topic {name}: {code}"))),
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let left = match admin.inner().fetch_metadata(None, Duration::from_secs(5)) {
+                Ok(md) => md.topics().iter().any(|t| names.contains(&t.name())),
+                Err(_) => true,
+            };
+            if !left {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        loop {
+            match create_topics(&config.bootstrap, &config.properties, 1, None) {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(250)),
+            }
+        }
+    }
+
     /// Creates one scratch topic (not one of the documented set) if it does not exist.
     pub fn create_topic(config: &KafkaConfig, name: &str, partitions: i32) -> Result<(), BusError> {
         let admin: AdminClient<DefaultClientContext> = config.client_config(&[], &[]).create().map_err(|e| bus_error(&e))?;
