@@ -26,6 +26,9 @@ pub struct BenchKafkaArgs {
     /// empty for the figures to mean anything).
     #[arg(long)]
     pub scratch: bool,
+    /// Records per step of a stage (`horizon run --max-records`).
+    #[arg(long, default_value_t = 4096)]
+    pub max_records: usize,
     /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,
@@ -52,13 +55,13 @@ pub fn run(args: BenchKafkaArgs) -> Result<(), String> {
     let values: Vec<Vec<u8>> = events.iter().map(|e| e.encode()).collect();
     let raw = bench::raw_roundtrip(&config, &values).map_err(|e| format!("raw rdkafka: {e}"))?;
     eprintln!("horizon bench kafka: raw rdkafka {:.0} records/s", raw.events_per_second);
-    let pipeline = bench::pipeline_throughput(&scenario, &config, &events).map_err(|e| format!("pipeline: {e}"))?;
+    let pipeline = bench::pipeline_throughput(&scenario, &config, &events, args.max_records).map_err(|e| format!("pipeline: {e}"))?;
     let mut latencies = Vec::new();
     for &rate in &args.rates {
         let n = ((rate * 10.0) as usize).clamp(1000, events.len());
         let probe_every = (n / 20_000).max(1);
         latencies.push(
-            bench::pipeline_latency(&scenario, &config, &events[..n], rate, probe_every)
+            bench::pipeline_latency(&scenario, &config, &events[..n], rate, probe_every, args.max_records)
                 .map_err(|e| format!("latency at {rate}/s: {e}"))?,
         );
     }
@@ -77,6 +80,20 @@ pub fn run(args: BenchKafkaArgs) -> Result<(), String> {
         "  whole pipeline (4 stages)         {:>10.0} events/s  ({:.2} s)",
         pipeline.events_per_second, pipeline.seconds
     );
+    for (stage, t) in &pipeline.stages {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "    {stage:<12} {:>7} steps ({:>6} with records, {:>8} records): {:>8.0} ms = poll {:.0} + publish {:.0} + commit {:.0} + handling {:.0}",
+            t.steps,
+            t.busy_steps,
+            t.records,
+            ms(t.total),
+            ms(t.poll),
+            ms(t.publish),
+            ms(t.commit),
+            ms(t.total.saturating_sub(t.poll + t.publish + t.commit)),
+        );
+    }
     println!("  pipeline / raw                    {:>10.2}", ratio);
     for l in &latencies {
         println!(

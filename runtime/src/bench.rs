@@ -14,7 +14,7 @@
 //! groups: run it on a scratch broker only (`horizon bench kafka` asks for `--scratch`).
 
 use crate::kafka::{admin, KafkaConfig};
-use crate::service::{ServiceOptions, ServiceProcess, StageKind};
+use crate::service::{ServiceOptions, ServiceProcess, StageKind, StepTiming};
 use hdrhistogram::Histogram;
 use horizon_core::bus::{partition_for, BusError};
 use horizon_core::event::Event;
@@ -34,6 +34,9 @@ pub struct Throughput {
     pub events: u64,
     pub seconds: f64,
     pub events_per_second: f64,
+    /// Pipeline runs: where each stage's steps spent the run's time.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<(String, StepTiming)>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -57,15 +60,26 @@ fn unique(what: &str) -> String {
 /// committed offset, so groups committed at the end of earlier runs' data would first replay all
 /// of it, and the bench's events (the same ids every run) would then be dropped as duplicates by
 /// the restored state — the pipeline run waited forever for projections that never changed.
-fn fresh_process(scenario: &Scenario, config: &KafkaConfig) -> Result<ServiceProcess, BusError> {
+fn fresh_process(scenario: &Scenario, config: &KafkaConfig, max_records: usize) -> Result<ServiceProcess, BusError> {
     admin::recreate_topics(config)?;
     let prefix = unique("pipeline");
     let mut probe = Pipeline::new(scenario);
     for stage in probe.stages() {
-        admin::commit_group_at_end(config, &format!("{prefix}.{}", stage.name()), stage.inputs())?;
+        let group = format!("{prefix}.{}", stage.name());
+        // Just after the topics were recreated the broker may still answer with stale
+        // leadership (`NotLeaderForPartition`) for a moment: retry that briefly.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match admin::commit_group_at_end(config, &group, stage.inputs()) {
+                Ok(_) => break,
+                Err(BusError::Unavailable(_)) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(250)),
+                Err(e) => return Err(e),
+            }
+        }
     }
     let mut options = ServiceOptions::new(StageKind::PIPELINE.to_vec(), prefix.clone());
     options.projections_group = Some(format!("{prefix}.projections"));
+    options.max_records = max_records.max(1);
     ServiceProcess::new(scenario, config, options)
 }
 
@@ -138,18 +152,24 @@ fn gateway(
 }
 
 /// Sustained events per second through the whole pipeline.
-pub fn pipeline_throughput(scenario: &Scenario, config: &KafkaConfig, events: &[Event]) -> Result<Throughput, BusError> {
+pub fn pipeline_throughput(
+    scenario: &Scenario,
+    config: &KafkaConfig,
+    events: &[Event],
+    max_records: usize,
+) -> Result<Throughput, BusError> {
     let want = MemoryRun::run(scenario, events.iter().cloned(), 8192)
         .pipeline
         .projections()
         .map(|p| p.audit.len() as u64)
         .unwrap_or(0);
-    let mut process = fresh_process(scenario, config)?;
+    let mut process = fresh_process(scenario, config, max_records)?;
     // Let every group get its assignment before the clock starts.
     let warm = Instant::now();
     while warm.elapsed() < Duration::from_secs(3) {
         process.step_round()?;
     }
+    process.reset_timings();
     let (tx, _rx) = mpsc::channel();
     let start = Instant::now();
     let feeder = gateway(config.clone(), events.to_vec(), None, 0, tx);
@@ -172,6 +192,7 @@ pub fn pipeline_throughput(scenario: &Scenario, config: &KafkaConfig, events: &[
         events: events.len() as u64,
         seconds,
         events_per_second: events.len() as f64 / seconds,
+        stages: process.timings().into_iter().map(|(n, t)| (n.to_string(), t)).collect(),
     })
 }
 
@@ -182,8 +203,9 @@ pub fn pipeline_latency(
     events: &[Event],
     rate: f64,
     probe_every: usize,
+    max_records: usize,
 ) -> Result<Latency, BusError> {
-    let mut process = fresh_process(scenario, config)?;
+    let mut process = fresh_process(scenario, config, max_records)?;
     let warm = Instant::now();
     while warm.elapsed() < Duration::from_secs(3) {
         process.step_round()?;
@@ -288,5 +310,6 @@ pub fn raw_roundtrip(config: &KafkaConfig, values: &[Vec<u8>]) -> Result<Through
         events: values.len() as u64,
         seconds,
         events_per_second: values.len() as f64 / seconds,
+        stages: Vec::new(),
     })
 }

@@ -45,6 +45,8 @@ use std::time::{Duration, Instant};
 const POLL_WAIT: Duration = Duration::from_millis(100);
 /// Once a batch has records, how long `poll` waits for more before returning it.
 const POLL_LINGER: Duration = Duration::from_millis(5);
+/// How long `KafkaProducer::flush` sleeps between looks for delivery reports: its granularity.
+const FLUSH_POLL: Duration = Duration::from_micros(200);
 /// Bound on waiting for room in the producer's queue.
 const QUEUE_FULL_WAIT: Duration = Duration::from_secs(30);
 
@@ -317,22 +319,35 @@ impl bus::Producer for KafkaProducer {
 
     fn flush(&mut self) -> Result<(), BusError> {
         let deadline = Instant::now() + self.flush_timeout;
-        if self.sent > 0 {
-            // librdkafka's flush sends what is queued at once (no `linger.ms` wait) and serves
-            // delivery reports until nothing is in flight; the counts below say how it went.
-            let _ = self.producer.flush(self.flush_timeout);
-        }
+        // Not `BaseProducer::flush`, nor `poll` with a timeout: rdkafka's `poll(t)` serves
+        // events until `t` has passed even when the reports came at once (spinning through the
+        // last millisecond, which it rounds down to a non-blocking poll), and its flush polls in
+        // 100 ms slices, so every flush took at least 100 ms (the pipeline's bottleneck,
+        // `horizon bench kafka`). Here: `flush(0)` wakes the broker threads to send what is
+        // queued now, `poll(0)` serves one queued event (a delivery report covers a batch), and
+        // while none is there the thread sleeps `FLUSH_POLL`.
+        let mut served = self.tracker().acked.load(Ordering::SeqCst) + self.tracker().failed.load(Ordering::SeqCst);
+        let mut idle = 0u32;
         loop {
             let t = self.tracker();
             let done = t.acked.load(Ordering::SeqCst) + t.failed.load(Ordering::SeqCst);
             if done >= self.sent {
                 break;
             }
-            let now = Instant::now();
-            if now >= deadline {
+            if Instant::now() >= deadline {
                 break;
             }
-            self.producer.poll((deadline - now).min(Duration::from_millis(50)));
+            if done == served {
+                idle += 1;
+                if idle.is_multiple_of(8) || idle == 1 {
+                    let _ = self.producer.flush(Duration::ZERO);
+                }
+                std::thread::sleep(FLUSH_POLL);
+            } else {
+                served = done;
+                idle = 0;
+            }
+            self.producer.poll(Duration::ZERO);
         }
         let t = self.tracker();
         let (sent, acked, failed) = (self.sent, t.acked.load(Ordering::SeqCst), t.failed.load(Ordering::SeqCst));
@@ -419,6 +434,10 @@ pub struct KafkaConsumer {
     poll_linger: Duration,
     /// Notices and records in the order they happened, not yet handed out.
     buffer: VecDeque<Item>,
+    /// How many of `buffer`'s items are notices: with none (the usual case) every item is a
+    /// record, so `poll`'s per-record checks are O(1) instead of a scan of the whole buffer
+    /// (which made a step's poll quadratic in its batch size).
+    notices: usize,
     /// A consumer outside the group (assign + seek) for `fetch` and watermarks, made on first use.
     reader: Option<BaseConsumer<DefaultConsumerContext>>,
     config: KafkaConfig,
@@ -451,6 +470,7 @@ impl KafkaConsumer {
             poll_wait: POLL_WAIT,
             poll_linger: POLL_LINGER,
             buffer: VecDeque::new(),
+            notices: 0,
             reader: None,
             config: config.clone(),
             group: group.to_string(),
@@ -530,16 +550,20 @@ impl KafkaConsumer {
                 self.buffer.retain(|i| !matches!(i, Item::Record(r) if tps.contains(&r.tp())));
             }
             self.buffer.push_back(Item::Notice(n));
+            self.notices += 1;
         }
     }
 
     /// Records at the front of the buffer, before any notice.
     fn leading_records(&self) -> usize {
+        if self.notices == 0 {
+            return self.buffer.len();
+        }
         self.buffer.iter().take_while(|i| matches!(i, Item::Record(_))).count()
     }
 
     fn has_notice(&self) -> bool {
-        self.buffer.iter().any(|i| matches!(i, Item::Notice(_)))
+        self.notices > 0
     }
 
     fn take(&mut self, max_records: usize) -> Polled {
@@ -547,6 +571,7 @@ impl KafkaConsumer {
             let Some(Item::Notice(n)) = self.buffer.pop_front() else {
                 unreachable!()
             };
+            self.notices -= 1;
             return n;
         }
         let n = self.leading_records().min(max_records);
