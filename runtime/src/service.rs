@@ -203,6 +203,9 @@ pub struct StepTiming {
     pub publish: Duration,
     /// In the consumer's `commit`.
     pub commit: Duration,
+    /// The longest step, and the longest time one step spent publishing.
+    pub max_step: Duration,
+    pub max_publish: Duration,
 }
 
 /// The shared producer seen by one step: times `send` and `flush`.
@@ -418,8 +421,10 @@ impl ServiceProcess {
         };
         let outcome = stage.step(&mut tracking, &mut producer, self.options.max_records);
         m.timing.publish += publish;
+        m.timing.max_publish = m.timing.max_publish.max(publish);
         m.timing.steps += 1;
         m.timing.total += started.elapsed();
+        m.timing.max_step = m.timing.max_step.max(started.elapsed());
         match outcome {
             Ok(StepOutcome::Progress(n)) => {
                 if n > 0 {
