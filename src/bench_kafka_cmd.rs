@@ -7,6 +7,7 @@ use horizon_core::event::Event;
 use horizon_core::feed;
 use horizon_core::generator::MarketGenerator;
 use horizon_runtime::bench;
+use horizon_runtime::service as bench_stage;
 
 #[derive(clap::Args)]
 pub struct BenchKafkaArgs {
@@ -21,12 +22,27 @@ pub struct BenchKafkaArgs {
     /// Paced rates (events/s) for the latency runs, each for about 10 s.
     #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
     pub rates: Vec<f64>,
+    /// Confirms the broker is a scratch one: every pipeline run deletes and recreates the
+    /// platform topics (a process restores its state by replaying the topics, so they must be
+    /// empty for the figures to mean anything).
+    #[arg(long)]
+    pub scratch: bool,
+    /// Records per step of a stage (`horizon run --max-records`).
+    #[arg(long, default_value_t = 4096)]
+    pub max_records: usize,
     /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(args: BenchKafkaArgs) -> Result<(), String> {
+    if !args.scratch {
+        return Err(
+            "horizon bench kafka deletes and recreates the platform topics before each pipeline run: \
+                    point it at a scratch broker and pass --scratch"
+                .into(),
+        );
+    }
     let (_path, mut scenario) = load_scenario(&args.scenario)?;
     if let Some(g) = scenario.market.generator.as_mut() {
         g.duration = "30d".into();
@@ -40,13 +56,13 @@ pub fn run(args: BenchKafkaArgs) -> Result<(), String> {
     let values: Vec<Vec<u8>> = events.iter().map(|e| e.encode()).collect();
     let raw = bench::raw_roundtrip(&config, &values).map_err(|e| format!("raw rdkafka: {e}"))?;
     eprintln!("horizon bench kafka: raw rdkafka {:.0} records/s", raw.events_per_second);
-    let pipeline = bench::pipeline_throughput(&scenario, &config, &events).map_err(|e| format!("pipeline: {e}"))?;
+    let pipeline = bench::pipeline_throughput(&scenario, &config, &events, args.max_records).map_err(|e| format!("pipeline: {e}"))?;
     let mut latencies = Vec::new();
     for &rate in &args.rates {
         let n = ((rate * 10.0) as usize).clamp(1000, events.len());
         let probe_every = (n / 20_000).max(1);
         latencies.push(
-            bench::pipeline_latency(&scenario, &config, &events[..n], rate, probe_every)
+            bench::pipeline_latency(&scenario, &config, &events[..n], rate, probe_every, args.max_records)
                 .map_err(|e| format!("latency at {rate}/s: {e}"))?,
         );
     }
@@ -65,12 +81,34 @@ pub fn run(args: BenchKafkaArgs) -> Result<(), String> {
         "  whole pipeline (4 stages)         {:>10.0} events/s  ({:.2} s)",
         pipeline.events_per_second, pipeline.seconds
     );
+    print_stages(&pipeline.stages);
     println!("  pipeline / raw                    {:>10.2}", ratio);
     for l in &latencies {
         println!(
             "  publish-to-projection at {:>7.0}/s (achieved {:>7.0}/s): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} probes)",
             l.rate, l.achieved_rate, l.p50_ms, l.p99_ms, l.max_ms, l.probes
         );
+        print_stages(&l.stages);
     }
     Ok(())
+}
+
+/// Where each stage's steps spent the run's time (wall clock).
+fn print_stages(stages: &[(String, bench_stage::StepTiming)]) {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    for (stage, t) in stages {
+        println!(
+            "    {stage:<12} {:>6} steps ({:>5} with records, {:>7} records): {:>6.0} ms = poll {:.0} + publish {:.0} + commit {:.0} + handling {:.0}; longest step {:.1} ms (publish {:.1})",
+            t.steps,
+            t.busy_steps,
+            t.records,
+            ms(t.total),
+            ms(t.poll),
+            ms(t.publish),
+            ms(t.commit),
+            ms(t.total.saturating_sub(t.poll + t.publish + t.commit)),
+            ms(t.max_step),
+            ms(t.max_publish),
+        );
+    }
 }

@@ -3,14 +3,15 @@
 //! (`horizon_core::processor`) runs on a real cluster exactly as on the in-memory bus.
 //!
 //! Semantics, matching `horizon_core::memory`:
-//! - Producer: idempotent (`enable.idempotence=true`, `acks=all`), batched (`linger.ms=5`),
+//! - Producer: idempotent (`enable.idempotence=true`, `acks=all`), batched (`linger.ms=1`),
 //!   every record sent to the explicit partition the loop computed with Kafka's murmur2. `send`
 //!   only enqueues; `flush` waits (bounded) until every record sent since the previous flush is
 //!   acknowledged, and reports `Unavailable` if any failed or did not make it in time, after
 //!   which the loop sends them all again (duplicates are harmless: handlers are idempotent).
-//! - Consumer: one member of a consumer group, offsets committed only explicitly and
-//!   synchronously (`enable.auto.commit=false`, `enable.auto.offset.store=false`), new groups
-//!   start at the beginning (`auto.offset.reset=earliest`). Partition assignment uses the
+//! - Consumer: one member of a consumer group, offsets committed only explicitly, for assigned
+//!   partitions, after the loop's flush acknowledged their outputs, and asynchronously (a
+//!   refused commit is logged and sent again with the next one; `enable.auto.commit=false`,
+//!   `enable.auto.offset.store=false`), new groups start at the beginning (`auto.offset.reset=earliest`). Partition assignment uses the
 //!   `range` assignor with the eager protocol: it gives one member partition `p` of every
 //!   subscribed topic with the same partition count, which is what a task spanning
 //!   co-partitioned topics needs. Rebalances surface from `poll` as `Polled::Revoked` (the whole
@@ -45,8 +46,8 @@ use std::time::{Duration, Instant};
 const POLL_WAIT: Duration = Duration::from_millis(100);
 /// Once a batch has records, how long `poll` waits for more before returning it.
 const POLL_LINGER: Duration = Duration::from_millis(5);
-/// The slice in which `flush` serves delivery reports while it waits for acknowledgements.
-const ACK_POLL: Duration = Duration::from_millis(1);
+/// How long `KafkaProducer::flush` sleeps between looks for delivery reports: its granularity.
+const FLUSH_POLL: Duration = Duration::from_micros(200);
 /// Bound on waiting for room in the producer's queue.
 const QUEUE_FULL_WAIT: Duration = Duration::from_secs(30);
 
@@ -273,7 +274,11 @@ impl KafkaProducer {
         let producer = config
             .client_config(
                 &[
-                    ("linger.ms", "5"),
+                    // Each step waits for its own records' acknowledgement, so a batch's linger
+                    // is paid by every step: 1 ms (was 5; `flush(0)`'s wake-up of the broker
+                    // threads races with their linger timer). `horizon bench kafka` at
+                    // 10,000/s: p50 publish-to-projection 8.6-11 ms with 5, 3.2 ms with 1.
+                    ("linger.ms", "1"),
                     ("batch.num.messages", "10000"),
                     ("message.timeout.ms", &message_timeout),
                     ("compression.type", "none"),
@@ -343,25 +348,35 @@ impl bus::Producer for KafkaProducer {
 
     fn flush(&mut self) -> Result<(), BusError> {
         let deadline = Instant::now() + self.flush_timeout;
-        if self.sent > 0 {
-            // A zero-timeout flush only wakes the broker threads to send what is queued now,
-            // past `linger.ms`. rdkafka's flush with a timeout is not used: it serves delivery
-            // reports in polls that each last their whole 100 ms slice, so every flush would
-            // cost at least 100 ms however fast the broker acknowledges.
-            let _ = self.producer.flush(Duration::ZERO);
-        }
+        // Not `BaseProducer::flush`, nor `poll` with a timeout: rdkafka's `poll(t)` serves
+        // events until `t` has passed even when the reports came at once (spinning through the
+        // last millisecond, which it rounds down to a non-blocking poll), and its flush polls in
+        // 100 ms slices, so every flush took at least 100 ms (the pipeline's bottleneck,
+        // `horizon bench kafka`). Here: `flush(0)` wakes the broker threads to send what is
+        // queued now, `poll(0)` serves one queued event (a delivery report covers a batch), and
+        // while none is there the thread sleeps `FLUSH_POLL`.
+        let mut served = self.tracker().acked.load(Ordering::SeqCst) + self.tracker().failed.load(Ordering::SeqCst);
+        let mut idle = 0u32;
         loop {
             let t = self.tracker();
             let done = t.acked.load(Ordering::SeqCst) + t.failed.load(Ordering::SeqCst);
             if done >= self.sent {
                 break;
             }
-            let now = Instant::now();
-            if now >= deadline {
+            if Instant::now() >= deadline {
                 break;
             }
-            // Short polls: `BaseProducer::poll` returns only when its timeout is over.
-            self.producer.poll((deadline - now).min(ACK_POLL));
+            if done == served {
+                idle += 1;
+                if idle.is_multiple_of(8) || idle == 1 {
+                    let _ = self.producer.flush(Duration::ZERO);
+                }
+                std::thread::sleep(FLUSH_POLL);
+            } else {
+                served = done;
+                idle = 0;
+            }
+            self.producer.poll(Duration::ZERO);
         }
         let t = self.tracker();
         let (sent, acked, failed) = (self.sent, t.acked.load(Ordering::SeqCst), t.failed.load(Ordering::SeqCst));
@@ -394,6 +409,9 @@ impl bus::Producer for KafkaProducer {
 struct GroupContext {
     notices: Mutex<VecDeque<Polled>>,
     assigned: Mutex<BTreeSet<TopicPartition>>,
+    /// Offsets of asynchronous commits the broker refused, sent again with the next commit
+    /// (while the partition is still assigned).
+    failed_commits: Mutex<BTreeMap<TopicPartition, u64>>,
 }
 
 impl ClientContext for GroupContext {}
@@ -404,8 +422,10 @@ impl ConsumerContext for GroupContext {
         if let Rebalance::Revoke(tpl) = rebalance {
             let tps = to_tps(tpl);
             let mut assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
+            let mut failed = self.failed_commits.lock().unwrap_or_else(|p| p.into_inner());
             for tp in &tps {
                 assigned.remove(tp);
+                failed.remove(tp);
             }
             if !tps.is_empty() {
                 self.notices
@@ -432,6 +452,29 @@ impl ConsumerContext for GroupContext {
             Rebalance::Error(e) => log::warn!("rebalance error: {e}"),
         }
     }
+
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, offsets: &TopicPartitionList) {
+        let Err(e) = result else { return };
+        if e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) {
+            return;
+        }
+        log::warn!("consumer: an asynchronous commit failed ({e}); it is sent again with the next commit");
+        let assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
+        let mut failed = self.failed_commits.lock().unwrap_or_else(|p| p.into_inner());
+        for elem in offsets.elements() {
+            let (Some(topic), Offset::Offset(o)) = (topics::by_name(elem.topic()), elem.offset()) else {
+                continue;
+            };
+            let tp = TopicPartition {
+                topic,
+                partition: elem.partition() as u32,
+            };
+            if o >= 0 && assigned.contains(&tp) {
+                let e = failed.entry(tp).or_insert(0);
+                *e = (*e).max(o as u64);
+            }
+        }
+    }
 }
 
 enum Item {
@@ -448,6 +491,10 @@ pub struct KafkaConsumer {
     poll_linger: Duration,
     /// Notices and records in the order they happened, not yet handed out.
     buffer: VecDeque<Item>,
+    /// How many of `buffer`'s items are notices: with none (the usual case) every item is a
+    /// record, so `poll`'s per-record checks are O(1) instead of a scan of the whole buffer
+    /// (which made a step's poll quadratic in its batch size).
+    notices: usize,
     /// A consumer outside the group (assign + seek) for `fetch` and watermarks, made on first use.
     reader: Option<BaseConsumer<DefaultConsumerContext>>,
     config: KafkaConfig,
@@ -488,6 +535,7 @@ impl KafkaConsumer {
             poll_wait: POLL_WAIT,
             poll_linger: POLL_LINGER,
             buffer: VecDeque::new(),
+            notices: 0,
             reader: None,
             config: config.clone(),
             group: group.to_string(),
@@ -565,16 +613,20 @@ impl KafkaConsumer {
                 self.buffer.retain(|i| !matches!(i, Item::Record(r) if tps.contains(&r.tp())));
             }
             self.buffer.push_back(Item::Notice(n));
+            self.notices += 1;
         }
     }
 
     /// Records at the front of the buffer, before any notice.
     fn leading_records(&self) -> usize {
+        if self.notices == 0 {
+            return self.buffer.len();
+        }
         self.buffer.iter().take_while(|i| matches!(i, Item::Record(_))).count()
     }
 
     fn has_notice(&self) -> bool {
-        self.buffer.iter().any(|i| matches!(i, Item::Notice(_)))
+        self.notices > 0
     }
 
     fn take(&mut self, max_records: usize) -> Polled {
@@ -582,6 +634,7 @@ impl KafkaConsumer {
             let Some(Item::Notice(n)) = self.buffer.pop_front() else {
                 unreachable!()
             };
+            self.notices -= 1;
             return n;
         }
         let n = self.leading_records().min(max_records);
@@ -678,18 +731,39 @@ impl bus::Consumer for KafkaConsumer {
         if offsets.is_empty() {
             return Ok(());
         }
+        let mut all: BTreeMap<TopicPartition, u64> = BTreeMap::new();
         {
             let assigned = self.consumer.context().assigned.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((tp, _)) = offsets.iter().find(|(tp, _)| !assigned.contains(tp)) {
                 return Err(BusError::NotAssigned(tp.to_string()));
             }
+            // Refused asynchronous commits of partitions still ours go again (a later offset of
+            // the same partition supersedes them).
+            let mut failed = self.consumer.context().failed_commits.lock().unwrap_or_else(|p| p.into_inner());
+            for (tp, o) in std::mem::take(&mut *failed) {
+                if assigned.contains(&tp) {
+                    all.insert(tp, o);
+                }
+            }
         }
-        let mut tpl = TopicPartitionList::with_capacity(offsets.len());
         for (tp, offset) in offsets {
+            let e = all.entry(*tp).or_insert(0);
+            *e = (*e).max(*offset);
+        }
+        let mut tpl = TopicPartitionList::with_capacity(all.len());
+        for (tp, offset) in &all {
             tpl.add_partition_offset(tp.topic, tp.partition as i32, Offset::Offset(*offset as i64))
                 .map_err(|e| bus_error(&e))?;
         }
-        match self.consumer.commit(&tpl, CommitMode::Sync) {
+        // Asynchronous: the caller has already had every output of these offsets acknowledged
+        // (the loop commits only after its flush), so nothing is lost by not waiting for the
+        // broker's answer, and the stage does not sit idle for a round trip per batch. Only
+        // partitions assigned right now are committed; a commit sent before a revocation is
+        // fenced by the broker (older generation). The result comes back through `poll`
+        // (`commit_callback`): a refused commit is logged and sent again with the next one. The
+        // group's committed offsets are read (`committed`) through the same coordinator queue,
+        // after the commits sent before; closing the consumer waits for commits in flight.
+        match self.consumer.commit(&tpl, CommitMode::Async) {
             Ok(()) => Ok(()),
             Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => Ok(()),
             Err(e) => Err(bus_error(&e)),
@@ -829,6 +903,42 @@ pub mod admin {
             }
         }
         wait_for_leaders(&admin, config.request_timeout)
+    }
+
+    /// Deletes every documented topic (`topics::ALL`) and creates it again, empty: for
+    /// benchmarks on a scratch broker only. Retries the creation while the broker still has the
+    /// old topic marked for deletion (waits until the deleted topics leave the metadata first).
+    pub fn recreate_topics(config: &KafkaConfig) -> Result<(), BusError> {
+        let admin: AdminClient<DefaultClientContext> = config.client_config(&[], &[]).create().map_err(|e| bus_error(&e))?;
+        let options = AdminOptions::new()
+            .operation_timeout(Some(config.request_timeout))
+            .request_timeout(Some(config.request_timeout));
+        let names: Vec<&str> = topics::ALL.iter().map(|t| t.name).collect();
+        let results = futures_executor::block_on(admin.delete_topics(&names, &options)).map_err(|e| bus_error(&e))?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((name, code)) => return Err(BusError::Unavailable(format!("deleting topic {name}: {code}"))),
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let left = match admin.inner().fetch_metadata(None, Duration::from_secs(5)) {
+                Ok(md) => md.topics().iter().any(|t| names.contains(&t.name())),
+                Err(_) => true,
+            };
+            if !left {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        loop {
+            match create_topics(&config.bootstrap, &config.properties, 1, None) {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(250)),
+            }
+        }
     }
 
     /// Creates one scratch topic (not one of the documented set) if it does not exist.

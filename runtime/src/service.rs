@@ -185,6 +185,48 @@ struct Member {
     ends: BTreeMap<TopicPartition, u64>,
     /// Duration of steps that handled records.
     latency: Histogram,
+    /// Where this member's steps spent their time.
+    timing: StepTiming,
+}
+
+/// Where a member's steps spent their time (wall clock), for `horizon bench kafka`'s breakdown.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct StepTiming {
+    pub steps: u64,
+    /// Steps that handled at least one record.
+    pub busy_steps: u64,
+    pub records: u64,
+    pub total: Duration,
+    /// In the consumer's `poll` (waiting for records included).
+    pub poll: Duration,
+    /// In the producer's `send` + `flush` (waiting for broker acknowledgements).
+    pub publish: Duration,
+    /// In the consumer's `commit`.
+    pub commit: Duration,
+    /// The longest step, and the longest time one step spent publishing.
+    pub max_step: Duration,
+    pub max_publish: Duration,
+}
+
+/// The shared producer seen by one step: times `send` and `flush`.
+struct TimedProducer<'a> {
+    inner: &'a mut KafkaProducer,
+    spent: &'a mut Duration,
+}
+
+impl horizon_core::bus::Producer for TimedProducer<'_> {
+    fn send(&mut self, topic: horizon_core::bus::Topic, partition: u32, key: &[u8], value: &[u8]) -> Result<(), BusError> {
+        let t = Instant::now();
+        let r = self.inner.send(topic, partition, key, value);
+        *self.spent += t.elapsed();
+        r
+    }
+    fn flush(&mut self) -> Result<(), BusError> {
+        let t = Instant::now();
+        let r = self.inner.flush();
+        *self.spent += t.elapsed();
+        r
+    }
 }
 
 /// The member's consumer seen by its stage: records what the stage commits (and what a restore
@@ -192,11 +234,15 @@ struct Member {
 struct Tracking<'a> {
     inner: &'a mut KafkaConsumer,
     applied: &'a mut BTreeMap<TopicPartition, u64>,
+    timing: &'a mut StepTiming,
 }
 
 impl Consumer for Tracking<'_> {
     fn poll(&mut self, max_records: usize) -> Result<Polled, BusError> {
-        let p = self.inner.poll(max_records)?;
+        let t = Instant::now();
+        let p = self.inner.poll(max_records);
+        self.timing.poll += t.elapsed();
+        let p = p?;
         if let Polled::Revoked(tps) = &p {
             for tp in tps {
                 self.applied.remove(tp);
@@ -205,7 +251,10 @@ impl Consumer for Tracking<'_> {
         Ok(p)
     }
     fn commit(&mut self, offsets: &[(TopicPartition, u64)]) -> Result<(), BusError> {
-        self.inner.commit(offsets)?;
+        let t = Instant::now();
+        let r = self.inner.commit(offsets);
+        self.timing.commit += t.elapsed();
+        r?;
         for (tp, o) in offsets {
             let e = self.applied.entry(*tp).or_insert(0);
             *e = (*e).max(*o);
@@ -248,7 +297,13 @@ pub struct ServiceProcess {
     producer: KafkaProducer,
     options: ServiceOptions,
     retries: BTreeMap<String, u64>,
+    /// Whether the previous round moved anything (then no stage waits in its poll).
+    busy: bool,
 }
+
+/// With several stages stepped in turn, how long the first stage's poll waits for records
+/// after a round in which no stage moved; every other poll only takes what is already fetched.
+const IDLE_WAIT: Duration = Duration::from_millis(2);
 
 impl ServiceProcess {
     pub fn new(scenario: &Scenario, config: &KafkaConfig, mut options: ServiceOptions) -> Result<ServiceProcess, BusError> {
@@ -276,12 +331,9 @@ impl ServiceProcess {
                 _ => stage_of(&mut pipeline, kind).inputs(),
             };
             let mut consumer = KafkaConsumer::new(config, &group, inputs)?;
-            // Stepped in turn: no stage may sit in an idle poll while another has work.
-            let wait = if several {
-                Duration::from_millis(2)
-            } else {
-                Duration::from_millis(100)
-            };
+            // Stepped in turn: no stage may sit in an idle poll while another has work (`step_round`
+            // lets one stage wait, and only after a round where nothing moved).
+            let wait = if several { IDLE_WAIT } else { Duration::from_millis(100) };
             consumer.set_poll_timing(wait, Duration::ZERO);
             members.push(Member {
                 kind,
@@ -292,6 +344,7 @@ impl ServiceProcess {
                 applied: BTreeMap::new(),
                 ends: BTreeMap::new(),
                 latency: Histogram::default(),
+                timing: StepTiming::default(),
             });
         }
         if let Some(dir) = &options.state_dir {
@@ -321,7 +374,20 @@ impl ServiceProcess {
             producer,
             options,
             retries: BTreeMap::new(),
+            busy: false,
         })
+    }
+
+    /// Where each stage's steps spent their time so far.
+    pub fn timings(&self) -> Vec<(&'static str, StepTiming)> {
+        self.members.iter().map(|m| (m.kind.name(), m.timing.clone())).collect()
+    }
+
+    /// Forgets the time counted so far (a benchmark's warm-up).
+    pub fn reset_timings(&mut self) {
+        for m in &mut self.members {
+            m.timing = StepTiming::default();
+        }
     }
 
     pub fn stages(&self) -> Vec<&'static str> {
@@ -346,11 +412,25 @@ impl ServiceProcess {
         let mut tracking = Tracking {
             inner: &mut m.consumer,
             applied: &mut m.applied,
+            timing: &mut m.timing,
         };
-        match stage.step(&mut tracking, &mut self.producer, self.options.max_records) {
+        let mut publish = Duration::ZERO;
+        let mut producer = TimedProducer {
+            inner: &mut self.producer,
+            spent: &mut publish,
+        };
+        let outcome = stage.step(&mut tracking, &mut producer, self.options.max_records);
+        m.timing.publish += publish;
+        m.timing.max_publish = m.timing.max_publish.max(publish);
+        m.timing.steps += 1;
+        m.timing.total += started.elapsed();
+        m.timing.max_step = m.timing.max_step.max(started.elapsed());
+        match outcome {
             Ok(StepOutcome::Progress(n)) => {
                 if n > 0 {
                     m.latency.observe(started.elapsed());
+                    m.timing.busy_steps += 1;
+                    m.timing.records += n as u64;
                 }
                 m.failures = 0;
                 m.not_before = None;
@@ -383,11 +463,19 @@ impl ServiceProcess {
     pub fn step_round(&mut self) -> Result<Round, BusError> {
         let now = Instant::now();
         let mut round = Round::default();
+        let several = self.members.len() > 1;
         for i in 0..self.members.len() {
+            if several {
+                // After an idle round one stage waits (so an idle process does not spin); while
+                // records flow, a stage with nothing to do costs no wait.
+                let wait = if i == 0 && !self.busy { IDLE_WAIT } else { Duration::ZERO };
+                self.members[i].consumer.set_poll_timing(wait, Duration::ZERO);
+            }
             let moved = self.step_member(i, now)?;
             round.progress |= moved;
             round.projections_moved |= moved && self.members[i].kind == StageKind::Projections;
         }
+        self.busy = round.progress;
         if !round.progress && self.members.iter().all(|m| m.not_before.is_some()) {
             if let Some(t) = self.members.iter().filter_map(|m| m.not_before).min() {
                 std::thread::sleep(t.saturating_duration_since(Instant::now()).min(Duration::from_millis(200)));
