@@ -119,7 +119,7 @@ fn the_audit_trail_links_a_notification_back_to_the_trade_that_started_it() {
         .find(|(_, a)| a.event_type == horizon_core::event::EventType::UserNotificationTriggered && a.aggregate_id == n.user_id)
         .unwrap()
         .0;
-    let chain = p.causation_chain(notification_id);
+    let chain = p.causation_chain(&notification_id);
     let types: Vec<_> = chain.iter().map(|(_, a)| a.event_type).collect();
     assert_eq!(types.first(), Some(&horizon_core::event::EventType::UserNotificationTriggered));
     assert_eq!(types.last(), Some(&horizon_core::event::EventType::MarketDataReceived));

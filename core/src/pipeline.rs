@@ -353,6 +353,38 @@ mod tests {
     }
 
     #[test]
+    fn a_projections_snapshot_of_the_previous_version_is_refused_and_rebuilt_by_replay() {
+        let s = scenario();
+        let events: Vec<Event> = MarketGenerator::new(&s, s.seed)
+            .unwrap()
+            .take(3000)
+            .map(crate::feed::trade_event)
+            .collect();
+        let reference = MemoryRun::run(&s, events.clone(), 500).pipeline.digests();
+        let mut run = MemoryRun::new(&s);
+        run.feed(&events);
+        run.settle();
+        // A snapshot as the previous version (2, before the compact audit trail) labelled it:
+        let bytes = run.pipeline.projections.snapshot().remove(0).1;
+        let header_end = bytes.iter().position(|b| *b == b'\n').unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&bytes[..header_end]).unwrap();
+        assert_eq!(v["version"], serde_json::json!(crate::snapshot::SNAPSHOT_VERSION));
+        v["version"] = serde_json::json!(2);
+        let mut old = serde_json::to_vec(&v).unwrap();
+        old.extend_from_slice(&bytes[header_end..]);
+        // refused, not misread,
+        let err = run.pipeline.projections.offer_snapshot(&old).unwrap_err();
+        assert!(err.contains("version 2"), "{err}");
+        // and the stage, recovering without it, rebuilds the same state from the log.
+        crash_and_recover(&mut run, &vec![Vec::new(); 4]);
+        run.settle();
+        assert_eq!(run.pipeline.projections.stats.snapshots_used, 0);
+        assert!(run.pipeline.projections.stats.restored_records > 0);
+        assert_eq!(run.pipeline.digests(), reference);
+        assert_eq!(run.pipeline.projections.snapshot().remove(0).1, bytes);
+    }
+
+    #[test]
     fn a_snapshot_of_another_service_or_version_is_refused() {
         let s = scenario();
         let mut run = MemoryRun::run(

@@ -13,6 +13,7 @@ use crate::scenario::Scenario;
 use crate::service::{Output, Rejection, Service};
 use crate::time::{format_duration_ms, Timestamp};
 use crate::topics;
+use hashbrown::HashTable;
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -55,42 +56,431 @@ pub struct Projections {
     pub risk: BTreeMap<String, BTreeMap<String, (Timestamp, RiskCrossing)>>,
     /// Notifications per user, by "time id".
     pub notifications: BTreeMap<String, BTreeMap<String, (Timestamp, Notification)>>,
-    /// Every event by id. A hash map for speed (it takes every trade); serialised in id order,
-    /// so its iteration order never reaches an output.
-    #[serde(serialize_with = "sorted", deserialize_with = "presized")]
-    pub audit: FxHashMap<String, AuditEntry>,
+    /// Every event by id (see `AuditTrail`).
+    pub audit: AuditTrail,
     pub events_by_type: BTreeMap<EventType, u64>,
 }
 
-fn sorted<S: serde::Serializer>(map: &FxHashMap<String, AuditEntry>, s: S) -> Result<S::Ok, S::Error> {
-    let ordered: BTreeMap<&String, &AuditEntry> = map.iter().collect();
-    ordered.serialize(s)
+/// An event id as the audit trail holds it: the 16 bytes an id of 32 lowercase hex digits
+/// (every id this codebase derives) spells, else the text as it came (a producer outside this
+/// codebase may send any id; the empty causation id of a root event is one, and allocates
+/// nothing). `to_text` gives the text back exactly.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum EventId {
+    Hex16([u8; 16]),
+    Text(Box<str>),
 }
 
-/// Reads the audit trail into a table sized once from the encoded length (postcard gives it),
-/// instead of serde's cautious start and a dozen rehashes of every id on the way to the
-/// millions of entries a day of ticks holds, with a quarter more room for the tail replayed
-/// next (a restored table filled to the brim would rehash every id at the first few thousand
-/// new events; untouched room costs address space, not memory). Capped, so a corrupt length
-/// cannot reserve unbounded memory before the data runs out.
-fn presized<'de, D: serde::Deserializer<'de>>(d: D) -> Result<FxHashMap<String, AuditEntry>, D::Error> {
-    struct Entries;
-    impl<'de> serde::de::Visitor<'de> for Entries {
-        type Value = FxHashMap<String, AuditEntry>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a map of event ids to audit entries")
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
-            let n = m.size_hint().unwrap_or(0).min(1 << 24);
-            let n = n + n / 4;
-            let mut out = FxHashMap::with_capacity_and_hasher(n, Default::default());
-            while let Some((k, v)) = m.next_entry()? {
-                out.insert(k, v);
+/// In a binary format (the only one an `EventId` is written to; JSON spells ids as text), one
+/// byte string: 0 and the 16 bytes, or 1 and the text, read back in one piece rather than as
+/// 16 elements.
+impl Serialize for EventId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            EventId::Hex16(raw) => {
+                let mut b = [0u8; 17];
+                b[1..].copy_from_slice(raw);
+                s.serialize_bytes(&b)
             }
-            Ok(out)
+            EventId::Text(t) if t.len() < 64 => {
+                let mut b = [1u8; 64];
+                b[1..=t.len()].copy_from_slice(t.as_bytes());
+                s.serialize_bytes(&b[..=t.len()])
+            }
+            EventId::Text(t) => {
+                let mut b = Vec::with_capacity(1 + t.len());
+                b.push(1);
+                b.extend_from_slice(t.as_bytes());
+                s.serialize_bytes(&b)
+            }
         }
     }
-    d.deserialize_map(Entries)
+}
+
+impl<'de> serde::Deserialize<'de> for EventId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Bytes;
+        impl serde::de::Visitor<'_> for Bytes {
+            type Value = EventId;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an event id: 0 and 16 bytes, or 1 and UTF-8 text")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, b: &[u8]) -> Result<EventId, E> {
+                match b.split_first() {
+                    Some((0, raw)) => raw.try_into().map(EventId::Hex16).map_err(|_| E::invalid_length(b.len(), &self)),
+                    Some((1, text)) => std::str::from_utf8(text).map(|t| EventId::Text(t.into())).map_err(E::custom),
+                    _ => Err(E::custom("not an event id")),
+                }
+            }
+        }
+        d.deserialize_bytes(Bytes)
+    }
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    }
+}
+
+impl EventId {
+    fn new(id: &str) -> EventId {
+        let b = id.as_bytes();
+        if b.len() == 32 {
+            let mut raw = [0u8; 16];
+            let all = raw
+                .iter_mut()
+                .enumerate()
+                .all(|(i, r)| match (hex_digit(b[2 * i]), hex_digit(b[2 * i + 1])) {
+                    (Some(hi), Some(lo)) => {
+                        *r = hi << 4 | lo;
+                        true
+                    }
+                    _ => false,
+                });
+            if all {
+                return EventId::Hex16(raw);
+            }
+        }
+        EventId::Text(id.into())
+    }
+
+    /// The id's text, spelled on the stack.
+    fn text(&self) -> IdText<'_> {
+        match self {
+            EventId::Hex16(raw) => {
+                const DIGITS: &[u8; 16] = b"0123456789abcdef";
+                let mut s = [0u8; 32];
+                for (i, b) in raw.iter().enumerate() {
+                    s[2 * i] = DIGITS[(b >> 4) as usize];
+                    s[2 * i + 1] = DIGITS[(b & 15) as usize];
+                }
+                IdText::Hex(s)
+            }
+            EventId::Text(t) => IdText::Text(t),
+        }
+    }
+
+    fn to_text(&self) -> String {
+        self.text().as_str().to_string()
+    }
+}
+
+enum IdText<'a> {
+    Hex([u8; 32]),
+    Text(&'a str),
+}
+
+impl IdText<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            IdText::Hex(s) => std::str::from_utf8(s).expect("hex digits are ASCII"),
+            IdText::Text(t) => t,
+        }
+    }
+}
+
+impl Serialize for IdText<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// `AuditEntry` borrowed from the trail: serialises exactly as `AuditEntry` does.
+#[derive(Serialize)]
+struct EntryText<'a> {
+    event_type: EventType,
+    aggregate_id: &'a str,
+    ts: Timestamp,
+    producer: &'a str,
+    causation_id: IdText<'a>,
+    correlation_id: IdText<'a>,
+}
+
+/// One event of the audit trail, compact: its ids as `EventId`, its aggregate id and producer
+/// as indices into the trail's table of names (a day holds millions of events and a handful of
+/// names), so a snapshot of millions of them decodes without a heap allocation per field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+struct Entry {
+    event_type: EventType,
+    aggregate: u32,
+    ts: Timestamp,
+    producer: u32,
+    causation: EventId,
+    correlation: EventId,
+}
+
+/// Every event applied, by id: `AuditEntry`s, held compactly (see `Entry`). Read through
+/// `get`, `iter` and `values`, which give `AuditEntry`s as they were applied. The entries lie
+/// in one vector, found by id through a hash table of their positions (4 bytes a slot: the
+/// table of a day's millions of events is tens of MB, not a scatter of hundreds); its order
+/// never reaches an output: the trail serialises in id order (JSON: the map of id to
+/// `AuditEntry`, as the digest hashes it; a binary format such as a snapshot's postcard: the
+/// name table in name order, then the entries in `EventId` order), so equal trails encode
+/// identically whatever order their events came in.
+#[derive(Clone, Debug, Default)]
+pub struct AuditTrail {
+    entries: Vec<(EventId, Entry)>,
+    by_id: HashTable<u32>,
+    names: Vec<Box<str>>,
+    index: FxHashMap<Box<str>, u32>,
+}
+
+fn hash_id(id: &EventId) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    id.hash(&mut h);
+    h.finish()
+}
+
+impl AuditTrail {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn find(&self, id: &EventId) -> Option<&Entry> {
+        self.by_id
+            .find(hash_id(id), |i| self.entries[*i as usize].0 == *id)
+            .map(|i| &self.entries[*i as usize].1)
+    }
+
+    pub fn contains_key(&self, id: &str) -> bool {
+        self.find(&EventId::new(id)).is_some()
+    }
+
+    pub fn get(&self, id: &str) -> Option<AuditEntry> {
+        self.find(&EventId::new(id)).map(|e| self.entry(e))
+    }
+
+    /// Every event and its entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (String, AuditEntry)> + '_ {
+        self.entries.iter().map(|(id, e)| (id.to_text(), self.entry(e)))
+    }
+
+    /// Every entry, in no particular order.
+    pub fn values(&self) -> impl Iterator<Item = AuditEntry> + '_ {
+        self.entries.iter().map(|(_, e)| self.entry(e))
+    }
+
+    /// Adds `entry` under `id` unless the id is already there; whether it was new.
+    fn add(&mut self, id: EventId, entry: Entry) -> bool {
+        let entries = &self.entries;
+        match self
+            .by_id
+            .entry(hash_id(&id), |i| entries[*i as usize].0 == id, |i| hash_id(&entries[*i as usize].0))
+        {
+            hashbrown::hash_table::Entry::Occupied(_) => false,
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(self.entries.len() as u32);
+                self.entries.push((id, entry));
+                true
+            }
+        }
+    }
+
+    /// Records `e` unless its id is already there; whether it was new.
+    fn insert(&mut self, e: &Event) -> bool {
+        let id = EventId::new(&e.id);
+        if self.find(&id).is_some() {
+            return false;
+        }
+        let entry = Entry {
+            event_type: e.event_type(),
+            aggregate: self.intern(&e.aggregate_id),
+            ts: e.ts,
+            producer: self.intern(&e.meta.producer),
+            causation: EventId::new(&e.meta.causation_id),
+            correlation: EventId::new(&e.meta.correlation_id),
+        };
+        self.add(id, entry)
+    }
+
+    fn intern(&mut self, name: &str) -> u32 {
+        if let Some(i) = self.index.get(name) {
+            return *i;
+        }
+        let i = self.names.len() as u32;
+        self.names.push(name.into());
+        self.index.insert(name.into(), i);
+        i
+    }
+
+    fn entry(&self, e: &Entry) -> AuditEntry {
+        AuditEntry {
+            event_type: e.event_type,
+            aggregate_id: self.names[e.aggregate as usize].to_string(),
+            ts: e.ts,
+            producer: self.names[e.producer as usize].to_string(),
+            causation_id: e.causation.to_text(),
+            correlation_id: e.correlation.to_text(),
+        }
+    }
+}
+
+impl PartialEq for AuditTrail {
+    /// The same events with the same entries, whatever the order they came in.
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len()
+            && self.entries.iter().all(|(id, e)| {
+                other.find(id).is_some_and(|o| {
+                    e.event_type == o.event_type
+                        && e.ts == o.ts
+                        && e.causation == o.causation
+                        && e.correlation == o.correlation
+                        && self.names[e.aggregate as usize] == other.names[o.aggregate as usize]
+                        && self.names[e.producer as usize] == other.names[o.producer as usize]
+                })
+            })
+    }
+}
+
+impl Eq for AuditTrail {}
+
+/// The binary form's entry sequence: borrowed for encoding.
+struct EntriesOut<'a>(Vec<(&'a EventId, Entry)>);
+
+impl Serialize for EntriesOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|(id, e)| (*id, e)))
+    }
+}
+
+impl Serialize for AuditTrail {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        if s.is_human_readable() {
+            // As a `BTreeMap<String, AuditEntry>`, without building one: ids spelled on the stack.
+            let mut ordered: Vec<(IdText, &Entry)> = self.entries.iter().map(|(id, e)| (id.text(), e)).collect();
+            ordered.sort_unstable_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+            return s.collect_map(ordered.iter().map(|(id, e)| {
+                let entry = EntryText {
+                    event_type: e.event_type,
+                    aggregate_id: &self.names[e.aggregate as usize],
+                    ts: e.ts,
+                    producer: &self.names[e.producer as usize],
+                    causation_id: e.causation.text(),
+                    correlation_id: e.correlation.text(),
+                };
+                (id, entry)
+            }));
+        }
+        // Canonical: names in name order (renumbered), entries in id order.
+        let mut by_name: Vec<u32> = (0..self.names.len() as u32).collect();
+        by_name.sort_unstable_by(|a, b| self.names[*a as usize].cmp(&self.names[*b as usize]));
+        let mut renumber = vec![0u32; self.names.len()];
+        for (new, old) in by_name.iter().enumerate() {
+            renumber[*old as usize] = new as u32;
+        }
+        let names: Vec<&str> = by_name.iter().map(|i| &*self.names[*i as usize]).collect();
+        let mut entries: Vec<(&EventId, Entry)> = self
+            .entries
+            .iter()
+            .map(|(id, e)| {
+                let mut e = e.clone();
+                e.aggregate = renumber[e.aggregate as usize];
+                e.producer = renumber[e.producer as usize];
+                (id, e)
+            })
+            .collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(&names)?;
+        t.serialize_element(&EntriesOut(entries))?;
+        t.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for AuditTrail {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let map: BTreeMap<String, AuditEntry> = BTreeMap::deserialize(d)?;
+            let mut trail = AuditTrail::default();
+            for (id, a) in map {
+                let aggregate = trail.intern(&a.aggregate_id);
+                let producer = trail.intern(&a.producer);
+                trail.add(
+                    EventId::new(&id),
+                    Entry {
+                        event_type: a.event_type,
+                        aggregate,
+                        ts: a.ts,
+                        producer,
+                        causation: EventId::new(&a.causation_id),
+                        correlation: EventId::new(&a.correlation_id),
+                    },
+                );
+            }
+            return Ok(trail);
+        }
+        d.deserialize_tuple(2, Binary)
+    }
+}
+
+/// Reads the binary form: the name table, then the entries into a vector and table sized once
+/// from the encoded length (postcard gives it), instead of serde's cautious start and a dozen
+/// rehashes on the way to the millions of entries a day of ticks holds, with a quarter more room for
+/// the tail replayed next (a restored table filled to the brim would rehash every id at the
+/// first few thousand new events; untouched room costs address space, not memory). Capped,
+/// so a corrupt length cannot reserve unbounded memory before the data runs out; a name
+/// index out of the table is an error, not a later panic.
+struct Binary;
+
+impl<'de> serde::de::Visitor<'de> for Binary {
+    type Value = AuditTrail;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an audit trail: names, then entries")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<AuditTrail, A::Error> {
+        use serde::de::Error;
+        let names: Vec<Box<str>> = seq.next_element()?.ok_or_else(|| A::Error::invalid_length(0, &self))?;
+        seq.next_element_seed(EntriesIn(names))?
+            .ok_or_else(|| A::Error::invalid_length(1, &self))
+    }
+}
+
+/// The entries, read into an `AuditTrail` with the given name table.
+struct EntriesIn(Vec<Box<str>>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for EntriesIn {
+    type Value = AuditTrail;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for EntriesIn {
+    type Value = AuditTrail;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("audit entries by event id")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error;
+        let n = seq.size_hint().unwrap_or(0).min(1 << 24);
+        let n = n + n / 4;
+        let names = self.0;
+        let mut trail = AuditTrail {
+            entries: Vec::with_capacity(n),
+            by_id: HashTable::with_capacity(n),
+            index: names.iter().enumerate().map(|(i, n)| (n.clone(), i as u32)).collect(),
+            names,
+        };
+        let known = trail.names.len() as u32;
+        while let Some((id, e)) = seq.next_element::<(EventId, Entry)>()? {
+            if e.aggregate >= known || e.producer >= known {
+                return Err(A::Error::custom("an audit entry names no name of the table"));
+            }
+            if !trail.add(id, e) {
+                return Err(A::Error::custom("an event id twice in the audit trail"));
+            }
+        }
+        Ok(trail)
+    }
 }
 
 fn time_key(ts: Timestamp, id: &str) -> String {
@@ -100,20 +490,9 @@ fn time_key(ts: Timestamp, id: &str) -> String {
 impl Projections {
     /// Applies an event once; a second delivery of the same id changes nothing.
     pub fn apply(&mut self, e: &Event) -> bool {
-        if self.audit.contains_key(&e.id) {
+        if !self.audit.insert(e) {
             return false;
         }
-        self.audit.insert(
-            e.id.clone(),
-            AuditEntry {
-                event_type: e.event_type(),
-                aggregate_id: e.aggregate_id.clone(),
-                ts: e.ts,
-                producer: e.meta.producer.clone(),
-                causation_id: e.meta.causation_id.clone(),
-                correlation_id: e.meta.correlation_id.clone(),
-            },
-        );
         *self.events_by_type.entry(e.event_type()).or_insert(0) += 1;
         match &e.payload {
             Payload::Trade(_) => {}
@@ -167,11 +546,12 @@ impl Projections {
         let mut chain = Vec::new();
         let mut cur = id.to_string();
         while let Some(entry) = self.audit.get(&cur) {
-            chain.push((cur.clone(), entry.clone()));
-            if entry.causation_id.is_empty() || chain.len() > 64 {
+            let cause = entry.causation_id.clone();
+            chain.push((cur, entry));
+            if cause.is_empty() || chain.len() > 64 {
                 break;
             }
-            cur = entry.causation_id.clone();
+            cur = cause;
         }
         chain
     }
@@ -383,7 +763,7 @@ impl ProjectionService {
         let portfolio = digest_of(&views.portfolios);
         let risk = digest_of(&views.risk);
         let notifications = digest_of(&views.notifications);
-        let audit = digest_of(&p.audit.iter().collect::<BTreeMap<_, _>>());
+        let audit = digest_of(&p.audit);
         let all = digest_of(&[&bars, &portfolio, &risk, &notifications, &audit]);
         Digests {
             bars,
@@ -431,5 +811,143 @@ impl Service for ProjectionService {
     fn handle(&self, state: &mut Projections, event: &Event, _out: &mut Vec<Output>) -> Result<(), Rejection> {
         state.apply(event);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generator::MarketGenerator;
+    use crate::pipeline::MemoryRun;
+
+    /// Every event of a short flash-crash run, plus copies under ids and names this codebase
+    /// never derives (a foreign producer's), whose text must come back exactly.
+    fn events() -> Vec<Event> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/flash-crash.toml");
+        let s = Scenario::from_toml(&std::fs::read_to_string(path).unwrap(), path).unwrap();
+        let run = MemoryRun::run(
+            &s,
+            MarketGenerator::new(&s, s.seed).unwrap().take(3000).map(crate::feed::trade_event),
+            500,
+        );
+        let broker = run.bus.broker();
+        let mut events: Vec<Event> = broker
+            .all_partitions()
+            .into_iter()
+            .flat_map(|tp| broker.read(tp, 0, u64::MAX))
+            .filter_map(|r| Event::decode(&r.value).ok())
+            .collect();
+        let kinds = events.iter().map(|e| e.event_type()).collect::<std::collections::BTreeSet<_>>();
+        assert!(kinds.len() >= 2, "{kinds:?}");
+        let odd = [
+            "ABCDEF0123456789ABCDEF0123456789",
+            "abcdef0123456789abcdef012345678",
+            "abcdef0123456789abcdef01234567890",
+            "abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789",
+            "abcdef0123456789abcdef012345678g",
+            "trade:binance:BTCUSDT:42",
+            "é-ünïcode",
+        ];
+        for (i, id) in odd.iter().enumerate() {
+            let mut e = events[i * 7].clone();
+            e.id = id.to_string();
+            e.meta.causation_id = odd[(i + 1) % odd.len()].to_string();
+            e.meta.correlation_id = if i % 2 == 0 { String::new() } else { id.to_string() };
+            e.aggregate_id = format!("foreign-{i}");
+            e.meta.producer = String::new();
+            events.push(e);
+        }
+        events
+    }
+
+    fn applied(events: &[Event]) -> Projections {
+        let mut p = Projections::default();
+        for e in events {
+            p.apply(e);
+        }
+        p
+    }
+
+    #[test]
+    fn the_audit_trail_gives_back_every_entry_as_applied() {
+        let events = events();
+        let p = applied(&events);
+        let mut ids = std::collections::BTreeSet::new();
+        for e in &events {
+            ids.insert(e.id.clone());
+            let want = AuditEntry {
+                event_type: e.event_type(),
+                aggregate_id: e.aggregate_id.clone(),
+                ts: e.ts,
+                producer: e.meta.producer.clone(),
+                causation_id: e.meta.causation_id.clone(),
+                correlation_id: e.meta.correlation_id.clone(),
+            };
+            assert_eq!(p.audit.get(&e.id), Some(want), "{}", e.id);
+            assert!(p.audit.contains_key(&e.id));
+        }
+        assert_eq!(p.audit.len(), ids.len());
+        assert_eq!(p.audit.iter().map(|(id, _)| id).collect::<std::collections::BTreeSet<_>>(), ids);
+        assert!(p.audit.get("abcdef0123456789abcdef0123456788").is_none());
+        assert!(!p.audit.contains_key("abcdef0123456789ABCDEF0123456789"));
+    }
+
+    #[test]
+    fn the_audit_trail_serialises_as_the_map_of_id_to_entry_it_was_in_any_order() {
+        let events = events();
+        let p = applied(&events);
+        // JSON (what the audit digest hashes): the map of id to entry in id order, as before.
+        let map: BTreeMap<String, AuditEntry> = p.audit.iter().collect();
+        assert_eq!(serde_json::to_vec(&p.audit).unwrap(), serde_json::to_vec(&map).unwrap());
+        let back: AuditTrail = serde_json::from_slice(&serde_json::to_vec(&p.audit).unwrap()).unwrap();
+        assert_eq!(back, p.audit);
+        // Binary (snapshots): round trips, and is the same bytes whatever order the events came in.
+        let bytes = crate::snapshot::state_to_bytes(&p).unwrap();
+        let decoded: Projections = crate::snapshot::state_from_bytes(&bytes).unwrap();
+        assert_eq!(decoded, p);
+        assert_eq!(
+            ProjectionService {
+                initial_cash: BTreeMap::new()
+            }
+            .digests(&decoded)
+            .audit,
+            ProjectionService {
+                initial_cash: BTreeMap::new()
+            }
+            .digests(&p)
+            .audit
+        );
+        let mut reversed = events.clone();
+        reversed.reverse();
+        let q = applied(&reversed);
+        assert_eq!(q, p);
+        assert_eq!(crate::snapshot::state_to_bytes(&q).unwrap(), bytes);
+        // A decoded trail goes on interning and applying as the original does.
+        let mut decoded = decoded;
+        let mut extra = events[3].clone();
+        extra.id = "0123456789abcdef0123456789abcdef".into();
+        extra.aggregate_id = "a new aggregate".into();
+        assert!(decoded.apply(&extra) && !decoded.apply(&extra));
+        assert_eq!(decoded.audit.get(&extra.id).unwrap().aggregate_id, "a new aggregate");
+        // Cut short or pointing outside its name table, it is refused, not misread.
+        assert!(crate::snapshot::state_from_bytes::<Projections>(&bytes[..bytes.len() - 3]).is_none());
+        let empty = crate::snapshot::state_to_bytes(&AuditTrail::default()).unwrap();
+        assert_eq!(empty, [0, 0]);
+        let mut forged = vec![0u8, 1];
+        forged.extend(
+            crate::snapshot::state_to_bytes(&(
+                EventId::new(&events[0].id),
+                Entry {
+                    event_type: events[0].event_type(),
+                    aggregate: 0,
+                    ts: events[0].ts,
+                    producer: 0,
+                    causation: EventId::new(""),
+                    correlation: EventId::new(""),
+                },
+            ))
+            .unwrap(),
+        );
+        assert!(crate::snapshot::state_from_bytes::<AuditTrail>(&forged).is_none());
     }
 }

@@ -9,7 +9,10 @@ use crate::bus::TopicPartition;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-pub const SNAPSHOT_VERSION: u32 = 2;
+/// The format's version, header and states together: a snapshot of another version is refused
+/// (and its task rebuilt by replaying the log), never misread. 3: the projections' audit trail
+/// is held compactly (`projections::AuditTrail`): ids as raw bytes, names interned.
+pub const SNAPSHOT_VERSION: u32 = 3;
 
 #[derive(Serialize, Deserialize)]
 struct Header {
