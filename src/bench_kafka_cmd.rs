@@ -57,6 +57,8 @@ pub fn run(args: BenchKafkaArgs) -> Result<(), String> {
     let raw = bench::raw_roundtrip(&config, &values).map_err(|e| format!("raw rdkafka: {e}"))?;
     eprintln!("horizon bench kafka: raw rdkafka {:.0} records/s", raw.events_per_second);
     let pipeline = bench::pipeline_throughput(&scenario, &config, &events, args.max_records).map_err(|e| format!("pipeline: {e}"))?;
+    // The topics now hold the throughput run's records and outputs: rebuild from them.
+    let (read, rebuild) = bench::rebuild_from_topics(&scenario, &config).map_err(|e| format!("rebuild: {e}"))?;
     let mut latencies = Vec::new();
     for &rate in &args.rates {
         let n = ((rate * 10.0) as usize).clamp(1000, events.len());
@@ -68,7 +70,9 @@ pub fn run(args: BenchKafkaArgs) -> Result<(), String> {
     }
     let ratio = pipeline.events_per_second / raw.events_per_second;
     if args.json {
-        let v = serde_json::json!({"raw_rdkafka": raw, "pipeline": pipeline, "pipeline_over_raw": ratio, "latency": latencies});
+        let v = serde_json::json!({"raw_rdkafka": raw, "pipeline": pipeline, "pipeline_over_raw": ratio,
+            "raw_read": read, "rebuild": rebuild, "rebuild_over_read": rebuild.events_per_second / read.events_per_second,
+            "latency": latencies});
         println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
         return Ok(());
     }
@@ -83,6 +87,16 @@ pub fn run(args: BenchKafkaArgs) -> Result<(), String> {
     );
     print_stages(&pipeline.stages);
     println!("  pipeline / raw                    {:>10.2}", ratio);
+    println!(
+        "  read the projections' inputs back  {:>10.0} records/s ({} records, {:.2} s; a group of its own, no processing)",
+        read.events_per_second, read.events, read.seconds
+    );
+    println!(
+        "  rebuild every projection from them {:>10.0} records/s ({:.2} s; a fresh replica, `horizon digest`); rebuild / read {:.2}",
+        rebuild.events_per_second,
+        rebuild.seconds,
+        rebuild.events_per_second / read.events_per_second
+    );
     for l in &latencies {
         println!(
             "  publish-to-projection at {:>7.0}/s (achieved {:>7.0}/s): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} probes)",

@@ -339,3 +339,44 @@ pub fn raw_roundtrip(config: &KafkaConfig, values: &[Vec<u8>]) -> Result<Through
         stages: Vec::new(),
     })
 }
+
+/// Rebuilding every projection from the topics as they are (a fresh read replica, what
+/// `horizon digest` does) next to reading the same records with no processing; both are members
+/// of a consumer group of their own that reads every input partition from the start to its end
+/// offset, so group join and fetching are the same on both sides. Returns (raw read, rebuild).
+pub fn rebuild_from_topics(scenario: &Scenario, config: &KafkaConfig) -> Result<(Throughput, Throughput), BusError> {
+    use horizon_core::bus::{Consumer as _, Polled, TopicPartition};
+    use horizon_core::pipeline::Stage as _;
+    let inputs = Pipeline::new(scenario).projections.inputs();
+    let mut reader = crate::kafka::KafkaConsumer::new(config, &unique("read"), inputs)?;
+    let mut total = 0u64;
+    for &topic in inputs {
+        for partition in 0..topics::partitions(topic) {
+            total += reader.end_offset(TopicPartition { topic, partition })?;
+        }
+    }
+    let start = Instant::now();
+    let mut read = 0u64;
+    while read < total {
+        if let Polled::Records(records) = reader.poll(4096)? {
+            read += records.len() as u64;
+        }
+        if start.elapsed() > Duration::from_secs(300) {
+            return Err(BusError::Unavailable(format!("raw read: {read} of {total} records after 300 s")));
+        }
+    }
+    let raw = throughput(read, start.elapsed());
+    let start = Instant::now();
+    let replica = crate::replica::build(scenario, config, &unique("rebuild"), Duration::from_secs(300))?;
+    Ok((raw, throughput(replica.records_read, start.elapsed())))
+}
+
+fn throughput(events: u64, elapsed: Duration) -> Throughput {
+    let seconds = elapsed.as_secs_f64();
+    Throughput {
+        events,
+        seconds,
+        events_per_second: events as f64 / seconds,
+        stages: Vec::new(),
+    }
+}
