@@ -348,6 +348,9 @@ pub fn rebuild_from_topics(scenario: &Scenario, config: &KafkaConfig) -> Result<
     use horizon_core::bus::{Consumer as _, Polled, TopicPartition};
     use horizon_core::pipeline::Stage as _;
     let inputs = Pipeline::new(scenario).projections.inputs();
+    // Both clocks start before the consumer is made: the replica also asks every partition's
+    // end offset first (one round trip each), then joins its group.
+    let start = Instant::now();
     let mut reader = crate::kafka::KafkaConsumer::new(config, &unique("read"), inputs)?;
     let mut total = 0u64;
     for &topic in inputs {
@@ -355,7 +358,6 @@ pub fn rebuild_from_topics(scenario: &Scenario, config: &KafkaConfig) -> Result<
             total += reader.end_offset(TopicPartition { topic, partition })?;
         }
     }
-    let start = Instant::now();
     let mut read = 0u64;
     while read < total {
         if let Polled::Records(records) = reader.poll(4096)? {
