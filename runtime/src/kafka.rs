@@ -9,8 +9,7 @@
 //!   acknowledged, and reports `Unavailable` if any failed or did not make it in time, after
 //!   which the loop sends them all again (duplicates are harmless: handlers are idempotent).
 //! - Consumer: one member of a consumer group, offsets committed only explicitly, for assigned
-//!   partitions, after the loop's flush acknowledged their outputs, synchronously (a
-//!   refused commit is sent again with the next one; `enable.auto.commit=false`,
+//!   partitions, after the loop's flush acknowledged their outputs, synchronously (`enable.auto.commit=false`,
 //!   `enable.auto.offset.store=false`), new groups start at the beginning (`auto.offset.reset=earliest`). Partition assignment uses the
 //!   `range` assignor with the eager protocol: it gives one member partition `p` of every
 //!   subscribed topic with the same partition count, which is what a task spanning
@@ -395,9 +394,6 @@ impl bus::Producer for KafkaProducer {
 struct GroupContext {
     notices: Mutex<VecDeque<Polled>>,
     assigned: Mutex<BTreeSet<TopicPartition>>,
-    /// Offsets of asynchronous commits the broker refused, sent again with the next commit
-    /// (while the partition is still assigned).
-    failed_commits: Mutex<BTreeMap<TopicPartition, u64>>,
 }
 
 impl ClientContext for GroupContext {}
@@ -408,10 +404,8 @@ impl ConsumerContext for GroupContext {
         if let Rebalance::Revoke(tpl) = rebalance {
             let tps = to_tps(tpl);
             let mut assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
-            let mut failed = self.failed_commits.lock().unwrap_or_else(|p| p.into_inner());
             for tp in &tps {
                 assigned.remove(tp);
-                failed.remove(tp);
             }
             if !tps.is_empty() {
                 self.notices
@@ -436,29 +430,6 @@ impl ConsumerContext for GroupContext {
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => log::warn!("rebalance error: {e}"),
-        }
-    }
-
-    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, offsets: &TopicPartitionList) {
-        let Err(e) = result else { return };
-        if e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) {
-            return;
-        }
-        log::warn!("consumer: an asynchronous commit failed ({e}); it is sent again with the next commit");
-        let assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
-        let mut failed = self.failed_commits.lock().unwrap_or_else(|p| p.into_inner());
-        for elem in offsets.elements() {
-            let (Some(topic), Offset::Offset(o)) = (topics::by_name(elem.topic()), elem.offset()) else {
-                continue;
-            };
-            let tp = TopicPartition {
-                topic,
-                partition: elem.partition() as u32,
-            };
-            if o >= 0 && assigned.contains(&tp) {
-                let e = failed.entry(tp).or_insert(0);
-                *e = (*e).max(o as u64);
-            }
         }
     }
 }
@@ -733,36 +704,22 @@ impl bus::Consumer for KafkaConsumer {
         if offsets.is_empty() {
             return Ok(());
         }
-        let mut all: BTreeMap<TopicPartition, u64> = BTreeMap::new();
         {
             let assigned = self.consumer.context().assigned.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((tp, _)) = offsets.iter().find(|(tp, _)| !assigned.contains(tp)) {
                 return Err(BusError::NotAssigned(tp.to_string()));
             }
-            // Refused asynchronous commits of partitions still ours go again (a later offset of
-            // the same partition supersedes them).
-            let mut failed = self.consumer.context().failed_commits.lock().unwrap_or_else(|p| p.into_inner());
-            for (tp, o) in std::mem::take(&mut *failed) {
-                if assigned.contains(&tp) {
-                    all.insert(tp, o);
-                }
-            }
         }
+        let mut tpl = TopicPartitionList::with_capacity(offsets.len());
         for (tp, offset) in offsets {
-            let e = all.entry(*tp).or_insert(0);
-            *e = (*e).max(*offset);
-        }
-        let mut tpl = TopicPartitionList::with_capacity(all.len());
-        for (tp, offset) in &all {
             tpl.add_partition_offset(tp.topic, tp.partition as i32, Offset::Offset(*offset as i64))
                 .map_err(|e| bus_error(&e))?;
         }
         // Synchronous. Asynchronous commits measured faster (`horizon bench kafka`: 81k vs 61k
-        // events/s) and are safe by construction (the loop commits only after its flush was
-        // acknowledged; only assigned partitions; a refused one is re-sent via
-        // `commit_callback`), but in 2 of 3 broker-restart parity runs with them the process
-        // went silent after the outage (consumers idle, no connection error ever reported) and
-        // the cause is not known yet: see docs/kafka.md.
+        // events/s; commit 90686d4 has them, with refused commits re-sent via `commit_callback`),
+        // but in 2 of 3 broker-restart parity runs with them the process went silent after the
+        // outage (consumers idle, no connection error ever reported), cause not known yet: see
+        // docs/kafka.md.
         match self.consumer.commit(&tpl, CommitMode::Sync) {
             Ok(()) => Ok(()),
             Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => Ok(()),
