@@ -95,18 +95,32 @@ impl Pipeline {
 
     /// The projection state (task 0 holds every partition).
     pub fn projections(&self) -> Option<&Projections> {
-        self.projections.states().next().map(|(_, p)| p)
+        projection_state(&self.projections)
     }
 
     pub fn views(&self) -> Views {
-        let empty = Projections::default();
-        self.projections.service().views(self.projections().unwrap_or(&empty))
+        projection_views(&self.projections)
     }
 
     pub fn digests(&self) -> Digests {
-        let empty = Projections::default();
-        self.projections.service().digests(self.projections().unwrap_or(&empty))
+        projection_digests(&self.projections)
     }
+}
+
+/// A projections processor's state (task 0 holds every partition), none before its first
+/// assignment.
+pub fn projection_state(p: &Processor<ProjectionService>) -> Option<&Projections> {
+    p.states().next().map(|(_, s)| s)
+}
+
+pub fn projection_views(p: &Processor<ProjectionService>) -> Views {
+    let empty = Projections::default();
+    p.service().views(projection_state(p).unwrap_or(&empty))
+}
+
+pub fn projection_digests(p: &Processor<ProjectionService>) -> Digests {
+    let empty = Projections::default();
+    p.service().digests(projection_state(p).unwrap_or(&empty))
 }
 
 /// Publishes feed events onto `market.feed`, keyed by symbol (the aggregate id).

@@ -19,11 +19,13 @@ use hdrhistogram::Histogram;
 use horizon_core::bus::{partition_for, BusError};
 use horizon_core::event::Event;
 use horizon_core::pipeline::{MemoryRun, Pipeline};
+use horizon_core::projections::Projections;
 use horizon_core::scenario::Scenario;
 use horizon_core::topics;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -83,10 +85,6 @@ fn fresh_process(scenario: &Scenario, config: &KafkaConfig, max_records: usize) 
     options.projections_group = Some(format!("{prefix}.projections"));
     options.max_records = max_records.max(1);
     ServiceProcess::new(scenario, config, options)
-}
-
-fn applied(p: &ServiceProcess) -> u64 {
-    p.pipeline.projections().map(|x| x.audit.len() as u64).unwrap_or(0)
 }
 
 /// Publishes `events` (paced when `rate` is set) from a thread with a plain rdkafka producer
@@ -166,6 +164,19 @@ fn gateway(
     })
 }
 
+/// Runs the process for 3 s before the clock starts, so every group has its assignment (and
+/// the gateway is connected), then forgets the time counted.
+fn warm_up(process: &mut ServiceProcess) -> Result<(), BusError> {
+    let warm = Instant::now();
+    process.run_until(
+        &AtomicBool::new(false),
+        None,
+        Some(&mut |_: Option<&Projections>| warm.elapsed() >= Duration::from_secs(3)),
+    )?;
+    process.reset_timings();
+    Ok(())
+}
+
 /// Sustained events per second through the whole pipeline.
 pub fn pipeline_throughput(
     scenario: &Scenario,
@@ -182,26 +193,31 @@ pub fn pipeline_throughput(
     let (tx, _rx) = mpsc::channel();
     let (go, wait) = mpsc::channel();
     let feeder = gateway(config.clone(), events.to_vec(), None, 0, tx, wait);
-    // Let every group get its assignment (and the gateway connect) before the clock starts.
-    let warm = Instant::now();
-    while warm.elapsed() < Duration::from_secs(3) {
-        process.step_round()?;
-    }
-    process.reset_timings();
+    warm_up(&mut process)?;
     let start = Instant::now();
     let _ = go.send(());
     let mut last = (0, Instant::now());
-    while applied(&process) < want {
-        process.step_round()?;
-        let now = applied(&process);
-        if now != last.0 {
-            last = (now, Instant::now());
-        } else if feeder.is_finished() && last.1.elapsed() > Duration::from_secs(20) {
-            let fed = feeder.join().map_err(|_| BusError::Fatal("gateway thread panicked".into()))?;
-            return Err(BusError::Unavailable(format!(
-                "stalled at {now} of {want} events applied (gateway: {fed:?})"
-            )));
-        }
+    let mut stalled = false;
+    let stop = AtomicBool::new(false);
+    process.run_until(
+        &stop,
+        None,
+        Some(&mut |p: Option<&Projections>| {
+            let now = p.map(|p| p.audit.len() as u64).unwrap_or(0);
+            if now != last.0 {
+                last = (now, Instant::now());
+            } else if feeder.is_finished() && last.1.elapsed() > Duration::from_secs(20) {
+                stalled = true;
+            }
+            now >= want || stalled
+        }),
+    )?;
+    if stalled {
+        let fed = feeder.join().map_err(|_| BusError::Fatal("gateway thread panicked".into()))?;
+        return Err(BusError::Unavailable(format!(
+            "stalled at {} of {want} events applied (gateway: {fed:?})",
+            last.0
+        )));
     }
     let seconds = start.elapsed().as_secs_f64();
     feeder.join().map_err(|_| BusError::Fatal("gateway thread panicked".into()))??;
@@ -226,35 +242,41 @@ pub fn pipeline_latency(
     let (tx, rx) = mpsc::channel();
     let (go, wait) = mpsc::channel();
     let feeder = gateway(config.clone(), events.to_vec(), Some(rate), probe_every, tx, wait);
-    let warm = Instant::now();
-    while warm.elapsed() < Duration::from_secs(3) {
-        process.step_round()?;
-    }
-    process.reset_timings();
+    warm_up(&mut process)?;
     let _ = go.send(());
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
     let mut pending: Vec<(usize, Instant)> = Vec::new();
     let total_probes = events.len().div_ceil(probe_every.max(1));
     let mut seen = 0usize;
     let deadline = Instant::now() + Duration::from_secs(600);
-    while seen < total_probes {
-        process.step_round()?;
-        pending.extend(rx.try_iter());
-        let now = Instant::now();
-        if let Some(p) = process.pipeline.projections() {
-            pending.retain(|(i, at)| {
-                if p.audit.contains_key(&events[*i].id) {
-                    let _ = hist.record((now - *at).as_micros().max(1) as u64);
-                    seen += 1;
-                    false
-                } else {
-                    true
-                }
-            });
-        }
-        if now > deadline {
-            return Err(BusError::Unavailable("latency run did not finish within 600 s".into()));
-        }
+    let stop = AtomicBool::new(false);
+    // Checked on the projections stage's thread right after each of its steps: the time a probe
+    // is seen is the time its step applied it.
+    let (hist_ref, seen_ref) = (&mut hist, &mut seen);
+    process.run_until(
+        &stop,
+        None,
+        Some(&mut move |p: Option<&Projections>| {
+            pending.extend(rx.try_iter());
+            let now = Instant::now();
+            if let Some(p) = p {
+                pending.retain(|(i, at)| {
+                    if p.audit.contains_key(&events[*i].id) {
+                        let _ = hist_ref.record((now - *at).as_micros().max(1) as u64);
+                        *seen_ref += 1;
+                        false
+                    } else {
+                        true
+                    }
+                });
+            }
+            *seen_ref >= total_probes || now > deadline
+        }),
+    )?;
+    if seen < total_probes {
+        return Err(BusError::Unavailable(format!(
+            "latency run did not finish within 600 s ({seen} of {total_probes} probes seen)"
+        )));
     }
     let achieved = feeder.join().map_err(|_| BusError::Fatal("gateway thread panicked".into()))??;
     Ok(Latency {

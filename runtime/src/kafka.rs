@@ -8,9 +8,15 @@
 //!   only enqueues; `flush` waits (bounded) until every record sent since the previous flush is
 //!   acknowledged, and reports `Unavailable` if any failed or did not make it in time, after
 //!   which the loop sends them all again (duplicates are harmless: handlers are idempotent).
-//! - Consumer: one member of a consumer group, offsets committed only explicitly, for assigned
-//!   partitions, after the loop's flush acknowledged their outputs, synchronously (`enable.auto.commit=false`,
-//!   `enable.auto.offset.store=false`), new groups start at the beginning (`auto.offset.reset=earliest`). Partition assignment uses the
+//! - Consumer: one member of a consumer group. The loop's `commit` stores an offset (for an
+//!   assigned partition, after the loop's flush acknowledged its outputs: `store_offsets` with
+//!   `enable.auto.offset.store=false`), and librdkafka commits what is stored in the background
+//!   every `auto.commit.interval.ms` (500), on revoke and on close (`enable.auto.commit=true`):
+//!   no commit round trip on the loop's path. `commit_stored` commits synchronously where the
+//!   driver needs the group's offsets to be current (before a snapshot is saved, at shutdown).
+//!   A crash loses at most the last interval's commits: those records are processed again and
+//!   their duplicate outputs dropped by id downstream. New groups start at the beginning
+//!   (`auto.offset.reset=earliest`). Partition assignment uses the
 //!   `range` assignor with the eager protocol: it gives one member partition `p` of every
 //!   subscribed topic with the same partition count, which is what a task spanning
 //!   co-partitioned topics needs. Rebalances surface from `poll` as `Polled::Revoked` (the whole
@@ -400,7 +406,8 @@ impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        // Revoke: nothing to commit here, the loop commits after every batch before polling.
+        // Revoke: nothing to commit here: librdkafka commits what the loop stored for the revoked
+        // partitions (auto-commit) before it lets go of them.
         if let Rebalance::Revoke(tpl) = rebalance {
             let tps = to_tps(tpl);
             let mut assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
@@ -475,10 +482,11 @@ impl KafkaConsumer {
                     ("partition.assignment.strategy", "range"),
                     ("session.timeout.ms", "10000"),
                     ("heartbeat.interval.ms", "1000"),
+                    ("auto.commit.interval.ms", "500"),
                 ],
                 &[
                     ("group.id", group),
-                    ("enable.auto.commit", "false"),
+                    ("enable.auto.commit", "true"),
                     ("enable.auto.offset.store", "false"),
                     ("auto.offset.reset", "earliest"),
                     ("enable.partition.eof", "false"),
@@ -522,6 +530,26 @@ impl KafkaConsumer {
             .iter()
             .copied()
             .collect()
+    }
+
+    /// Commits every stored offset now and waits for the group coordinator's answer. Nothing
+    /// stored since the last commit is not an error.
+    pub fn commit_stored(&self) -> Result<(), BusError> {
+        if self
+            .consumer
+            .context()
+            .assigned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+        {
+            return Ok(());
+        }
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => Ok(()),
+            Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => Ok(()),
+            Err(e) => Err(bus_error(&e)),
+        }
     }
 
     /// The offset the next record appended to a partition will get (its high watermark).
@@ -715,16 +743,18 @@ impl bus::Consumer for KafkaConsumer {
             tpl.add_partition_offset(tp.topic, tp.partition as i32, Offset::Offset(*offset as i64))
                 .map_err(|e| bus_error(&e))?;
         }
-        // Synchronous. Asynchronous commits measured faster (`horizon bench kafka`: 81k vs 61k
-        // events/s; commit 90686d4 has them, with refused commits re-sent via `commit_callback`),
-        // but in 2 of 3 broker-restart parity runs with them the process went silent after the
-        // outage (consumers idle, no connection error ever reported), cause not known yet: see
-        // docs/kafka.md.
-        match self.consumer.commit(&tpl, CommitMode::Sync) {
-            Ok(()) => Ok(()),
-            Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) => Ok(()),
-            Err(e) => Err(bus_error(&e)),
-        }
+        // Stored, not committed: librdkafka's auto-commit sends it (see the module header). A
+        // synchronous commit per batch was the largest share of every stage's time in
+        // `horizon bench kafka`; explicit asynchronous commits (commit 90686d4) left 2 of 3
+        // broker-restart runs silent, cause unknown (docs/kafka.md). librdkafka refuses to store
+        // for a partition it no longer owns, so a revoked partition's offset is never committed.
+        self.consumer.store_offsets(&tpl).map_err(|e| match e.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::State) | Some(RDKafkaErrorCode::UnknownPartition) => BusError::NotAssigned(format!(
+                "{}: {e}",
+                to_tps(&tpl).iter().map(|tp| tp.to_string()).collect::<Vec<_>>().join(", ")
+            )),
+            _ => bus_error(&e),
+        })
     }
 
     fn committed(&mut self, tp: TopicPartition) -> Result<u64, BusError> {

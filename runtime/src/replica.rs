@@ -52,6 +52,8 @@ pub fn build(scenario: &Scenario, config: &KafkaConfig, group_prefix: &str, time
                 std::thread::sleep(delay);
             }
             StepOutcome::Idle => {
+                // The loop only stores offsets; make the group's committed offsets current.
+                consumer.commit_stored()?;
                 let mut caught_up = true;
                 for (tp, end) in &ends {
                     if consumer.committed(*tp)? < *end {

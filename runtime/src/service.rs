@@ -6,16 +6,18 @@
 //!   keeps one task for all partitions, so each process that serves queries reads every topic
 //!   in a group of its own (`<prefix>.projections.<host>-<pid>-<start>`, a read replica that
 //!   rebuilds from the log on start) unless a fixed group is given.
-//! - One idempotent `KafkaProducer` shared by every stage. The stages are stepped in turn on one
-//!   thread and each step flushes what it sent before returning, so a flush only ever waits for
-//!   the stage's own records; one producer means one connection and one idempotence sequence
-//!   per partition instead of one per stage.
-//! - Round-robin over the stages; a stage whose step reports `Retry` (broker unavailable, sink
-//!   down) is not stepped again before its backoff, which doubles from `backoff.initial` up to
-//!   `backoff.max` and resets on the next success. No jitter: runs stay reproducible.
+//! - One thread per stage, each with its own idempotent `KafkaProducer`: a step flushes what it
+//!   sent before returning, so a stage waiting for its acknowledgements (or sitting in an idle
+//!   poll) delays no other stage. The stages share nothing but the stop flag; each leaves its
+//!   part of the query snapshot in a slot that the calling thread composes (`run_until`).
+//!   (They were stepped in turn on one thread sharing one producer, and then every event waited
+//!   for every other stage's flush: `horizon bench kafka`, docs/kafka.md.)
+//! - A stage whose step reports `Retry` (broker unavailable, sink down) is not stepped again
+//!   before its backoff, which doubles from `backoff.initial` up to `backoff.max` and resets on
+//!   the next success. No jitter: runs stay reproducible.
 //! - A stop request (SIGTERM / Ctrl-C set the flag): every stage with unsettled work is stepped
-//!   until its outputs are acknowledged and its offsets committed (bounded by `drain_timeout`),
-//!   then the consumers leave their groups and `run` returns.
+//!   until its outputs are acknowledged and its offsets stored (bounded by `drain_timeout`),
+//!   the stored offsets are committed, then the consumers leave their groups and `run` returns.
 //! - A restarted process recovers each stage's state by replay on assignment (the loop's
 //!   restore), the same mechanism the simulator's crash fault exercises.
 
@@ -24,12 +26,14 @@ use crate::kafka::{KafkaConfig, KafkaConsumer, KafkaProducer};
 use crate::notify::{CircuitBreaker, DeliveryCounters, DeliveryStage, Sink};
 use crate::snapshots::SnapshotDir;
 use horizon_core::bus::{BusError, Consumer, Polled, Record, TopicPartition};
-use horizon_core::pipeline::{Pipeline, Stage};
-use horizon_core::processor::{Stats, StepOutcome};
+use horizon_core::fixed::Fixed;
+use horizon_core::pipeline::{projection_digests, projection_state, projection_views, Pipeline, Stage};
+use horizon_core::processor::{Processor, Stats, StepOutcome};
+use horizon_core::projections::{ProjectionService, Projections};
 use horizon_core::scenario::Scenario;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// What `--services` selects.
@@ -176,10 +180,16 @@ pub fn replica_group(prefix: &str, stage: &str) -> String {
 struct Member {
     kind: StageKind,
     consumer: KafkaConsumer,
+    /// Each stage publishes through a producer of its own: its flush waits only for its own
+    /// records, and stages on different threads never share a flush.
+    producer: KafkaProducer,
     failures: u32,
     not_before: Option<Instant>,
     last_error: Option<BusError>,
-    /// Next offset applied (committed, or restored up to) per partition: the freshness token.
+    /// Steps refused and retried.
+    retries: u64,
+    /// Next offset applied (stored after its outputs were acknowledged, or restored up to) per
+    /// partition: the freshness token.
     applied: BTreeMap<TopicPartition, u64>,
     /// The partitions' end offsets as last seen (for lag and readiness).
     ends: BTreeMap<TopicPartition, u64>,
@@ -272,13 +282,6 @@ impl Consumer for Tracking<'_> {
     }
 }
 
-/// What one round of `step_round` did.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Round {
-    pub progress: bool,
-    pub projections_moved: bool,
-}
-
 /// What a run did, for the exit report.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct ServiceReport {
@@ -290,20 +293,365 @@ pub struct ServiceReport {
     pub unsettled_at_exit: Vec<String>,
 }
 
+/// Called on the projections stage's thread after each of its steps with the projection state;
+/// returning true stops the run (`ServiceProcess::run_until`).
+pub type Watch<'a> = dyn FnMut(Option<&Projections>) -> bool + Send + 'a;
+
 pub struct ServiceProcess {
     pub pipeline: Pipeline,
     pub delivery: Option<DeliveryStage>,
     members: Vec<Member>,
-    producer: KafkaProducer,
     options: ServiceOptions,
-    retries: BTreeMap<String, u64>,
-    /// Whether the previous round moved anything (then no stage waits in its poll).
-    busy: bool,
 }
 
-/// With several stages stepped in turn, how long the first stage's poll waits for records
-/// after a round in which no stage moved; every other poll only takes what is already fetched.
-const IDLE_WAIT: Duration = Duration::from_millis(2);
+/// How often `run` composes the stages' snapshot pieces into the query snapshot.
+const COMPOSE_EVERY: Duration = Duration::from_millis(20);
+/// How long an idle stage's poll waits for records (and so how soon it sees a stop request).
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// A member's stage, lent by the process to the member's thread.
+enum StageMut<'a> {
+    Processor(&'a mut (dyn Stage + Send)),
+    Projections(&'a mut Processor<ProjectionService>),
+    Notify(&'a mut DeliveryStage),
+}
+
+impl StageMut<'_> {
+    fn stage(&mut self) -> &mut dyn Stage {
+        match self {
+            StageMut::Processor(s) => *s,
+            StageMut::Projections(p) => *p,
+            StageMut::Notify(d) => *d,
+        }
+    }
+
+    fn stage_ref(&self) -> &dyn Stage {
+        match self {
+            StageMut::Processor(s) => *s,
+            StageMut::Projections(p) => *p,
+            StageMut::Notify(d) => *d,
+        }
+    }
+}
+
+/// Lends each stage in `kinds` (each at most once) out of the pipeline: disjoint borrows, so
+/// every member can step on a thread of its own.
+fn stages_for<'a>(pipeline: &'a mut Pipeline, delivery: Option<&'a mut DeliveryStage>, kinds: &[StageKind]) -> Vec<StageMut<'a>> {
+    let Pipeline {
+        market,
+        signals,
+        manager,
+        projections,
+    } = pipeline;
+    let (mut market, mut signals, mut manager) = (Some(market), Some(signals), Some(manager));
+    let (mut projections, mut delivery) = (Some(projections), delivery);
+    kinds
+        .iter()
+        .map(|kind| match kind {
+            StageKind::Market => StageMut::Processor(market.take().expect("each stage once")),
+            StageKind::Signals => StageMut::Processor(signals.take().expect("each stage once")),
+            StageKind::Portfolio => StageMut::Processor(manager.take().expect("each stage once")),
+            StageKind::Projections => StageMut::Projections(projections.take().expect("each stage once")),
+            StageKind::Notify => StageMut::Notify(delivery.take().expect("the notify member has a delivery stage")),
+        })
+        .collect()
+}
+
+/// What a member's thread needs of the options (which hold the sink, not shareable).
+#[derive(Clone, Copy)]
+struct Settings<'a> {
+    max_records: usize,
+    backoff: Backoff,
+    snapshot_every: Duration,
+    drain_timeout: Duration,
+    state_dir: Option<&'a SnapshotDir>,
+    snapshot_records: u64,
+    snapshot_interval: Duration,
+    ready_lag: u64,
+}
+
+impl<'a> Settings<'a> {
+    fn of(o: &'a ServiceOptions) -> Settings<'a> {
+        Settings {
+            max_records: o.max_records,
+            backoff: o.backoff,
+            snapshot_every: o.snapshot_every,
+            drain_timeout: o.drain_timeout,
+            state_dir: o.state_dir.as_ref(),
+            snapshot_records: o.snapshot_records,
+            snapshot_interval: o.snapshot_interval,
+            ready_lag: o.ready_lag,
+        }
+    }
+}
+
+/// Where a member's thread leaves its part of the query snapshot.
+struct Piece<'a> {
+    slot: &'a Mutex<Option<Snapshot>>,
+    changed: &'a AtomicBool,
+}
+
+impl Member {
+    /// Steps once, applying the backoff rules. Returns whether it made progress.
+    fn step(&mut self, stage: &mut dyn Stage, s: &Settings, now: Instant) -> Result<bool, BusError> {
+        if self.not_before.is_some_and(|t| now < t) {
+            return Ok(false);
+        }
+        let started = Instant::now();
+        let mut tracking = Tracking {
+            inner: &mut self.consumer,
+            applied: &mut self.applied,
+            timing: &mut self.timing,
+        };
+        let mut publish = Duration::ZERO;
+        let mut producer = TimedProducer {
+            inner: &mut self.producer,
+            spent: &mut publish,
+        };
+        let outcome = stage.step(&mut tracking, &mut producer, s.max_records);
+        self.timing.publish += publish;
+        self.timing.max_publish = self.timing.max_publish.max(publish);
+        self.timing.steps += 1;
+        self.timing.total += started.elapsed();
+        self.timing.max_step = self.timing.max_step.max(started.elapsed());
+        match outcome {
+            Ok(StepOutcome::Progress(n)) => {
+                if n > 0 {
+                    self.latency.observe(started.elapsed());
+                    self.timing.busy_steps += 1;
+                    self.timing.records += n as u64;
+                }
+                self.failures = 0;
+                self.not_before = None;
+                self.last_error = None;
+                Ok(true)
+            }
+            Ok(StepOutcome::Idle) => {
+                self.failures = 0;
+                self.not_before = None;
+                self.last_error = None;
+                Ok(false)
+            }
+            Ok(StepOutcome::Retry(e)) => {
+                let delay = s.backoff.delay(self.failures);
+                if self.failures == 0 || delay == s.backoff.max {
+                    eprintln!("horizon: {}: {e}; retrying in {delay:?}", self.kind.name());
+                }
+                self.failures = self.failures.saturating_add(1);
+                self.not_before = Some(now + delay);
+                self.last_error = Some(e);
+                self.retries += 1;
+                Ok(false)
+            }
+            Err(e) => Err(BusError::Fatal(format!("{}: {e}", self.kind.name()))),
+        }
+    }
+
+    /// The member's loop on its own thread: steps until `stop` or `halt`, keeping its snapshot
+    /// piece and saved snapshots current, then drains. Returns the stage if it exited unsettled.
+    fn work(
+        &mut self,
+        mut stage: StageMut<'_>,
+        s: &Settings,
+        stop: &AtomicBool,
+        halt: &AtomicBool,
+        piece: Option<Piece<'_>>,
+        mut watch: Option<&mut Watch<'_>>,
+    ) -> Result<Option<String>, BusError> {
+        let projections = self.kind == StageKind::Projections;
+        let (mut last_piece, mut piece_gap, mut dirty) = (None::<Instant>, s.snapshot_every, true);
+        let mut last_ends = None::<Instant>;
+        let mut last_save = Instant::now();
+        let mut records_at_save = stage.stage_ref().stats().records_in;
+        while !stop.load(Ordering::SeqCst) && !halt.load(Ordering::SeqCst) {
+            let moved = self.step(stage.stage(), s, Instant::now())?;
+            dirty |= moved || !projections;
+            if let (Some(w), StageMut::Projections(p)) = (watch.as_mut(), &stage) {
+                if w(projection_state(p)) {
+                    halt.store(true, Ordering::SeqCst);
+                }
+            }
+            if let Some(dir) = s.state_dir {
+                let records = stage.stage_ref().stats().records_in;
+                if records.saturating_sub(records_at_save) >= s.snapshot_records || last_save.elapsed() >= s.snapshot_interval {
+                    self.save_snapshot(stage.stage_ref(), dir);
+                    records_at_save = records;
+                    last_save = Instant::now();
+                }
+            }
+            if let Some(piece) = &piece {
+                if projections && last_ends.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    self.refresh_ends();
+                    last_ends = Some(Instant::now());
+                    dirty = true;
+                }
+                // The projections piece clones the whole projection state: at most every
+                // `snapshot_every`, and never more than a fifth of the stage's time.
+                if dirty && last_piece.is_none_or(|t| t.elapsed() >= piece_gap) {
+                    let started = Instant::now();
+                    *piece.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.piece(&stage, s.ready_lag));
+                    piece.changed.store(true, Ordering::SeqCst);
+                    if projections {
+                        piece_gap = s.snapshot_every.max(started.elapsed() * 4);
+                    }
+                    last_piece = Some(Instant::now());
+                    dirty = false;
+                }
+            }
+            if !moved {
+                if let Some(t) = self.not_before {
+                    std::thread::sleep(t.saturating_duration_since(Instant::now()).min(Duration::from_millis(200)));
+                }
+            }
+        }
+        let unsettled = self.drain(stage.stage(), s)?;
+        if let Some(dir) = s.state_dir {
+            self.save_snapshot(stage.stage_ref(), dir);
+        }
+        if let Some(piece) = &piece {
+            if projections {
+                self.refresh_ends();
+            }
+            *piece.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.piece(&stage, s.ready_lag));
+            piece.changed.store(true, Ordering::SeqCst);
+        }
+        Ok(unsettled)
+    }
+
+    /// After a stop request: steps again while the last step was refused, until it goes through
+    /// (its work is then acknowledged and its offsets stored), within the drain timeout; then
+    /// commits the stored offsets rather than leave them to the consumer's close.
+    fn drain(&mut self, stage: &mut dyn Stage, s: &Settings) -> Result<Option<String>, BusError> {
+        let deadline = Instant::now() + s.drain_timeout;
+        while self.last_error.is_some() {
+            if Instant::now() >= deadline {
+                return Ok(Some(self.kind.name().to_string()));
+            }
+            self.step(stage, s, Instant::now())?;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        match self.consumer.commit_stored() {
+            Ok(()) => Ok(None),
+            Err(e) => {
+                eprintln!("horizon: {}: final commit: {e}", self.kind.name());
+                Ok(Some(self.kind.name().to_string()))
+            }
+        }
+    }
+
+    /// Saves the stage's snapshots (none while it has unsettled work).
+    fn save_snapshot(&self, stage: &dyn Stage, dir: &SnapshotDir) {
+        if self.kind == StageKind::Notify {
+            return;
+        }
+        // A snapshot ahead of its group's committed offsets is discarded on restore (it cannot
+        // tell a reset log from a late commit), so the stored offsets go first.
+        if let Err(e) = self.consumer.commit_stored() {
+            eprintln!(
+                "horizon: {}: committing before a snapshot: {e}; snapshot not saved",
+                self.kind.name()
+            );
+            return;
+        }
+        for (task, bytes) in stage.snapshot() {
+            if let Err(e) = dir.save(stage.name(), task, &bytes) {
+                eprintln!("horizon: {}: saving the snapshot of task {task}: {e}", stage.name());
+            }
+        }
+    }
+
+    /// Reads the end offsets of the assigned partitions (lag, readiness).
+    fn refresh_ends(&mut self) {
+        let assigned = self.consumer.assignment();
+        self.ends.retain(|tp, _| assigned.contains(tp));
+        for tp in assigned {
+            if let Ok(end) = self.consumer.end_offset(tp) {
+                self.ends.insert(tp, end);
+            }
+        }
+    }
+
+    /// This member's part of the query snapshot (`merge` composes the parts).
+    fn piece(&self, stage: &StageMut<'_>, ready_lag: u64) -> Snapshot {
+        let name = self.kind.name().to_string();
+        let mut s = Snapshot {
+            stages: vec![name.clone()],
+            taken_at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            ready: true,
+            ..Snapshot::default()
+        };
+        s.stats.insert(name.clone(), stage.stage_ref().stats().clone());
+        s.latency.insert(name.clone(), self.latency.clone());
+        if self.retries > 0 {
+            s.retries.insert(name, self.retries);
+        }
+        match stage {
+            StageMut::Projections(p) => {
+                let assigned = self.consumer.assignment();
+                s.offsets = assigned
+                    .iter()
+                    .filter_map(|tp| self.applied.get(tp).map(|o| (tp.to_string(), *o)))
+                    .collect();
+                for tp in &assigned {
+                    let applied = self.applied.get(tp).copied().unwrap_or(0);
+                    let end = self.ends.get(tp).copied().unwrap_or(applied);
+                    s.lag.insert(tp.to_string(), end.saturating_sub(applied));
+                }
+                s.ready = !assigned.is_empty()
+                    && assigned.iter().all(|tp| self.applied.contains_key(tp))
+                    && s.lag.values().all(|l| *l <= ready_lag)
+                    && self.ends.len() == assigned.len();
+                if let Some(state) = projection_state(p) {
+                    s.projections = Some(Arc::new(state.clone()));
+                    s.events_by_type = state.events_by_type.clone();
+                    s.events = state.audit.len() as u64;
+                }
+                s.digests = Some(projection_digests(p));
+                s.views = Some(projection_views(p));
+            }
+            StageMut::Notify(d) => {
+                s.delivery = Some(d.counters.clone());
+                s.breaker = Some(format!("{:?}", d.breaker.state()));
+            }
+            StageMut::Processor(_) => {}
+        }
+        s
+    }
+}
+
+/// The query snapshot of a process from its members' pieces, in member order.
+fn merge(pieces: impl IntoIterator<Item = Snapshot>, initial_cash: &BTreeMap<String, Fixed>) -> Snapshot {
+    let mut s = Snapshot {
+        ready: true,
+        initial_cash: initial_cash.clone(),
+        ..Snapshot::default()
+    };
+    for p in pieces {
+        s.stages.extend(p.stages);
+        s.stats.extend(p.stats);
+        s.latency.extend(p.latency);
+        s.retries.extend(p.retries);
+        s.ready &= p.ready;
+        s.taken_at_ms = s.taken_at_ms.max(p.taken_at_ms);
+        if p.digests.is_some() {
+            s.digests = p.digests;
+            s.views = p.views;
+            s.projections = p.projections;
+            s.events_by_type = p.events_by_type;
+            s.events = p.events;
+            s.offsets = p.offsets;
+            s.lag = p.lag;
+        }
+        if p.delivery.is_some() {
+            s.delivery = p.delivery;
+            s.breaker = p.breaker;
+        }
+    }
+    s
+}
 
 impl ServiceProcess {
     pub fn new(scenario: &Scenario, config: &KafkaConfig, mut options: ServiceOptions) -> Result<ServiceProcess, BusError> {
@@ -317,8 +665,6 @@ impl ServiceProcess {
         } else {
             None
         };
-        let producer = KafkaProducer::new(config)?;
-        let several = options.stages.len() > 1;
         let mut members = Vec::new();
         for &kind in &options.stages {
             let group = match (kind, &options.projections_group) {
@@ -331,16 +677,16 @@ impl ServiceProcess {
                 _ => stage_of(&mut pipeline, kind).inputs(),
             };
             let mut consumer = KafkaConsumer::new(config, &group, inputs)?;
-            // Stepped in turn: no stage may sit in an idle poll while another has work (`step_round`
-            // lets one stage wait, and only after a round where nothing moved).
-            let wait = if several { IDLE_WAIT } else { Duration::from_millis(100) };
-            consumer.set_poll_timing(wait, Duration::ZERO);
+            // Each stage has a thread of its own: an idle poll blocks no other stage.
+            consumer.set_poll_timing(IDLE_POLL, Duration::ZERO);
             members.push(Member {
                 kind,
                 consumer,
+                producer: KafkaProducer::new(config)?,
                 failures: 0,
                 not_before: None,
                 last_error: None,
+                retries: 0,
                 applied: BTreeMap::new(),
                 ends: BTreeMap::new(),
                 latency: Histogram::default(),
@@ -371,10 +717,7 @@ impl ServiceProcess {
             pipeline,
             delivery,
             members,
-            producer,
             options,
-            retries: BTreeMap::new(),
-            busy: false,
         })
     }
 
@@ -394,213 +737,96 @@ impl ServiceProcess {
         self.members.iter().map(|m| m.kind.name()).collect()
     }
 
-    fn runs_projections(&self) -> bool {
-        self.members.iter().any(|m| m.kind == StageKind::Projections)
-    }
-
-    /// Steps member `i` once, applying the backoff rules. Returns whether it made progress.
-    fn step_member(&mut self, i: usize, now: Instant) -> Result<bool, BusError> {
-        let m = &mut self.members[i];
-        if m.not_before.is_some_and(|t| now < t) {
-            return Ok(false);
-        }
-        let stage: &mut dyn Stage = match m.kind {
-            StageKind::Notify => self.delivery.as_mut().expect("notify member has a delivery stage"),
-            kind => stage_of(&mut self.pipeline, kind),
-        };
-        let started = Instant::now();
-        let mut tracking = Tracking {
-            inner: &mut m.consumer,
-            applied: &mut m.applied,
-            timing: &mut m.timing,
-        };
-        let mut publish = Duration::ZERO;
-        let mut producer = TimedProducer {
-            inner: &mut self.producer,
-            spent: &mut publish,
-        };
-        let outcome = stage.step(&mut tracking, &mut producer, self.options.max_records);
-        m.timing.publish += publish;
-        m.timing.max_publish = m.timing.max_publish.max(publish);
-        m.timing.steps += 1;
-        m.timing.total += started.elapsed();
-        m.timing.max_step = m.timing.max_step.max(started.elapsed());
-        match outcome {
-            Ok(StepOutcome::Progress(n)) => {
-                if n > 0 {
-                    m.latency.observe(started.elapsed());
-                    m.timing.busy_steps += 1;
-                    m.timing.records += n as u64;
-                }
-                m.failures = 0;
-                m.not_before = None;
-                m.last_error = None;
-                Ok(true)
-            }
-            Ok(StepOutcome::Idle) => {
-                m.failures = 0;
-                m.not_before = None;
-                m.last_error = None;
-                Ok(false)
-            }
-            Ok(StepOutcome::Retry(e)) => {
-                let delay = self.options.backoff.delay(m.failures);
-                if m.failures == 0 || delay == self.options.backoff.max {
-                    eprintln!("horizon: {}: {e}; retrying in {delay:?}", m.kind.name());
-                }
-                m.failures = m.failures.saturating_add(1);
-                m.not_before = Some(now + delay);
-                m.last_error = Some(e);
-                *self.retries.entry(m.kind.name().to_string()).or_insert(0) += 1;
-                Ok(false)
-            }
-            Err(e) => Err(BusError::Fatal(format!("{}: {e}", m.kind.name()))),
-        }
-    }
-
-    /// Steps every stage once (those backing off are skipped); when nobody could make progress
-    /// because every stage is backing off, sleeps until the earliest retry (bounded).
-    pub fn step_round(&mut self) -> Result<Round, BusError> {
-        let now = Instant::now();
-        let mut round = Round::default();
-        let several = self.members.len() > 1;
-        for i in 0..self.members.len() {
-            if several {
-                // After an idle round one stage waits (so an idle process does not spin); while
-                // records flow, a stage with nothing to do costs no wait.
-                let wait = if i == 0 && !self.busy { IDLE_WAIT } else { Duration::ZERO };
-                self.members[i].consumer.set_poll_timing(wait, Duration::ZERO);
-            }
-            let moved = self.step_member(i, now)?;
-            round.progress |= moved;
-            round.projections_moved |= moved && self.members[i].kind == StageKind::Projections;
-        }
-        self.busy = round.progress;
-        if !round.progress && self.members.iter().all(|m| m.not_before.is_some()) {
-            if let Some(t) = self.members.iter().filter_map(|m| m.not_before).min() {
-                std::thread::sleep(t.saturating_duration_since(Instant::now()).min(Duration::from_millis(200)));
-            }
-        }
-        Ok(round)
-    }
-
-    /// Runs until `stop` is set, then finishes in-flight work and leaves the groups.
+    /// Runs until `stop` is set, then finishes in-flight work, commits and returns (the
+    /// consumers leave their groups when the process is dropped).
     pub fn run(&mut self, stop: &AtomicBool, snapshot: Option<&SharedSnapshot>) -> Result<ServiceReport, BusError> {
-        let mut last_snapshot = Instant::now();
-        let mut snapshot_gap = self.options.snapshot_every;
-        let mut projections_dirty = true;
-        let mut last_ends = Instant::now() - Duration::from_secs(60);
-        let mut last_save = Instant::now();
-        let mut records_at_save = self.records_in();
-        if let Some(s) = snapshot {
-            self.refresh_ends();
-            s.set(self.snapshot());
-        }
-        while !stop.load(Ordering::SeqCst) {
-            let round = self.step_round()?;
-            projections_dirty |= round.projections_moved;
-            if self.options.state_dir.is_some() {
-                let records = self.records_in();
-                if records.saturating_sub(records_at_save) >= self.options.snapshot_records
-                    || last_save.elapsed() >= self.options.snapshot_interval
-                {
-                    self.save_snapshots();
-                    records_at_save = records;
-                    last_save = Instant::now();
+        self.run_until(stop, snapshot, None)
+    }
+
+    /// `run`, also stopping when `watch` (called on the projections stage's thread after each of
+    /// its steps) returns true. One thread per stage, so a stage waiting for its broker
+    /// acknowledgements or its poll delays no other; this thread composes the stages' snapshot
+    /// pieces into `snapshot` for the query API. A fatal error in one stage stops them all.
+    pub fn run_until(
+        &mut self,
+        stop: &AtomicBool,
+        snapshot: Option<&SharedSnapshot>,
+        mut watch: Option<&mut Watch<'_>>,
+    ) -> Result<ServiceReport, BusError> {
+        let settings = Settings::of(&self.options);
+        let initial_cash = self.pipeline.projections.service().initial_cash.clone();
+        let kinds: Vec<StageKind> = self.members.iter().map(|m| m.kind).collect();
+        let stages = stages_for(&mut self.pipeline, self.delivery.as_mut(), &kinds);
+        let halt = AtomicBool::new(false);
+        let changed = AtomicBool::new(false);
+        let slots: Vec<Mutex<Option<Snapshot>>> = kinds.iter().map(|_| Mutex::new(None)).collect();
+        let compose = || -> Option<Snapshot> {
+            let pieces: Option<Vec<Snapshot>> = slots.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone()).collect();
+            pieces.map(|p| merge(p, &initial_cash))
+        };
+        let outcomes: Vec<Result<Option<String>, BusError>> = std::thread::scope(|scope| {
+            let mut handles = Vec::new();
+            for ((m, stage), slot) in self.members.iter_mut().zip(stages).zip(&slots) {
+                let watch = if m.kind == StageKind::Projections { watch.take() } else { None };
+                let piece = snapshot.map(|_| Piece { slot, changed: &changed });
+                let (settings, halt) = (&settings, &halt);
+                let spawned = std::thread::Builder::new()
+                    .name(format!("horizon-{}", m.kind.name()))
+                    .spawn_scoped(scope, move || {
+                        let r = m.work(stage, settings, stop, halt, piece, watch);
+                        if r.is_err() {
+                            halt.store(true, Ordering::SeqCst);
+                        }
+                        r
+                    });
+                match spawned {
+                    Ok(h) => handles.push(h),
+                    Err(e) => {
+                        halt.store(true, Ordering::SeqCst);
+                        handles.clear();
+                        return vec![Err(BusError::Fatal(format!("starting a stage thread: {e}")))];
+                    }
                 }
             }
-            if snapshot.is_some() && last_ends.elapsed() >= Duration::from_secs(1) {
-                self.refresh_ends();
-                last_ends = Instant::now();
-                projections_dirty = true;
-            }
-            if let Some(s) = snapshot {
-                // Digests and views are computed from the whole projection state: refresh at
-                // most every `snapshot_every`, and never spend more than a fifth of the time on it.
-                if last_snapshot.elapsed() >= snapshot_gap && (projections_dirty || !self.runs_projections()) {
-                    let started = Instant::now();
-                    s.set(self.snapshot());
-                    snapshot_gap = self.options.snapshot_every.max(started.elapsed() * 4);
-                    last_snapshot = Instant::now();
-                    projections_dirty = false;
+            while handles.iter().any(|h| !h.is_finished()) {
+                if let Some(shared) = snapshot {
+                    if changed.swap(false, Ordering::SeqCst) {
+                        if let Some(s) = compose() {
+                            shared.set(s);
+                        }
+                    }
                 }
+                std::thread::sleep(COMPOSE_EVERY);
             }
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(BusError::Fatal("a stage thread panicked".into()))))
+                .collect()
+        });
+        if let (Some(shared), Some(s)) = (snapshot, compose()) {
+            shared.set(s);
         }
-        let unsettled = self.drain()?;
-        if self.options.state_dir.is_some() {
-            self.save_snapshots();
-        }
-        if let Some(s) = snapshot {
-            s.set(self.snapshot());
+        let mut unsettled = Vec::new();
+        for outcome in outcomes {
+            if let Some(stage) = outcome? {
+                unsettled.push(stage);
+            }
         }
         Ok(self.report(unsettled))
     }
 
-    fn records_in(&self) -> u64 {
-        self.members.iter().map(|m| self.stage_stats(m.kind).records_in).sum()
-    }
-
-    /// Saves every stage's snapshots (a stage with unsettled work has none right now).
-    pub fn save_snapshots(&mut self) {
-        let Some(dir) = &self.options.state_dir else { return };
-        for m in &self.members {
-            if m.kind == StageKind::Notify {
-                continue;
-            }
-            let stage: &dyn Stage = match m.kind {
-                StageKind::Market => &self.pipeline.market,
-                StageKind::Signals => &self.pipeline.signals,
-                StageKind::Portfolio => &self.pipeline.manager,
-                _ => &self.pipeline.projections,
-            };
-            for (task, bytes) in stage.snapshot() {
-                if let Err(e) = dir.save(stage.name(), task, &bytes) {
-                    eprintln!("horizon: {}: saving the snapshot of task {task}: {e}", stage.name());
-                }
-            }
-        }
-    }
-
-    /// Reads the end offsets of the projections stage's assigned partitions (lag, readiness).
-    fn refresh_ends(&mut self) {
-        for m in self.members.iter_mut().filter(|m| m.kind == StageKind::Projections) {
-            let assigned = m.consumer.assignment();
-            m.ends.retain(|tp, _| assigned.contains(tp));
-            for tp in assigned {
-                if let Ok(end) = m.consumer.end_offset(tp) {
-                    m.ends.insert(tp, end);
-                }
-            }
-        }
-    }
-
-    /// After a stop request: steps every member whose last step was refused until it goes
-    /// through (its work is then acknowledged and committed), within the drain timeout.
-    fn drain(&mut self) -> Result<Vec<String>, BusError> {
-        let deadline = Instant::now() + self.options.drain_timeout;
-        loop {
-            let waiting: Vec<usize> = (0..self.members.len()).filter(|&i| self.members[i].last_error.is_some()).collect();
-            if waiting.is_empty() {
-                return Ok(Vec::new());
-            }
-            if Instant::now() >= deadline {
-                return Ok(waiting.iter().map(|&i| self.members[i].kind.name().to_string()).collect());
-            }
-            for i in waiting {
-                self.step_member(i, Instant::now())?;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
     fn report(&self, unsettled: Vec<String>) -> ServiceReport {
         let mut stats = BTreeMap::new();
+        let mut retries = BTreeMap::new();
         for m in &self.members {
             stats.insert(m.kind.name().to_string(), self.stage_stats(m.kind).clone());
+            if m.retries > 0 {
+                retries.insert(m.kind.name().to_string(), m.retries);
+            }
         }
         ServiceReport {
             stats,
-            retries: self.retries.clone(),
+            retries,
             delivery: self.delivery.as_ref().map(|d| d.counters.clone()),
             breaker_transitions: self.delivery.as_ref().map(|d| d.breaker.transitions.clone()).unwrap_or_default(),
             unsettled_at_exit: unsettled,
@@ -615,57 +841,6 @@ impl ServiceProcess {
             StageKind::Projections => &self.pipeline.projections.stats,
             StageKind::Notify => Stage::stats(self.delivery.as_ref().expect("notify stage")),
         }
-    }
-
-    /// The query snapshot of the current state.
-    pub fn snapshot(&self) -> Snapshot {
-        let mut s = Snapshot {
-            stages: self.stages().iter().map(|s| s.to_string()).collect(),
-            taken_at_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
-            ready: !self.runs_projections(),
-            initial_cash: self.pipeline.projections.service().initial_cash.clone(),
-            ..Snapshot::default()
-        };
-        for m in &self.members {
-            s.stats.insert(m.kind.name().to_string(), self.stage_stats(m.kind).clone());
-            s.latency.insert(m.kind.name().to_string(), m.latency.clone());
-            if m.kind == StageKind::Projections {
-                let assigned = m.consumer.assignment();
-                s.offsets = assigned
-                    .iter()
-                    .filter_map(|tp| m.applied.get(tp).map(|o| (tp.to_string(), *o)))
-                    .collect();
-                for tp in &assigned {
-                    let applied = m.applied.get(tp).copied().unwrap_or(0);
-                    let end = m.ends.get(tp).copied().unwrap_or(applied);
-                    s.lag.insert(tp.to_string(), end.saturating_sub(applied));
-                }
-                s.ready = !assigned.is_empty()
-                    && assigned.iter().all(|tp| m.applied.contains_key(tp))
-                    && s.lag.values().all(|l| *l <= self.options.ready_lag)
-                    && m.ends.len() == assigned.len();
-            }
-        }
-        if let Some(d) = &self.delivery {
-            s.delivery = Some(d.counters.clone());
-            s.breaker = Some(format!("{:?}", d.breaker.state()));
-        }
-        s.retries = self.retries.clone();
-        if self.runs_projections() {
-            if let Some(p) = self.pipeline.projections() {
-                s.projections = Some(Arc::new(p.clone()));
-            }
-            s.digests = Some(self.pipeline.digests());
-            s.views = Some(self.pipeline.views());
-            if let Some(p) = self.pipeline.projections() {
-                s.events_by_type = p.events_by_type.clone();
-                s.events = p.audit.len() as u64;
-            }
-        }
-        s
     }
 }
 
