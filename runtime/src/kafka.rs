@@ -483,6 +483,7 @@ impl KafkaConsumer {
                     ("session.timeout.ms", "10000"),
                     ("heartbeat.interval.ms", "1000"),
                     ("auto.commit.interval.ms", "500"),
+                    ("fetch.queue.backoff.ms", "10"),
                 ],
                 &[
                     ("group.id", group),

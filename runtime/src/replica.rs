@@ -3,13 +3,14 @@
 //! offsets seen at its start, then reports its digests and views.
 
 use crate::kafka::{KafkaConfig, KafkaConsumer};
-use crate::service::replica_group;
+use crate::service::{replica_group, StepTiming, Tracking};
 use horizon_core::bus::{BusError, Consumer, TopicPartition};
 use horizon_core::pipeline::{Pipeline, Stage};
 use horizon_core::processor::StepOutcome;
 use horizon_core::projections::{Digests, Views};
 use horizon_core::scenario::Scenario;
 use horizon_core::topics;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 pub struct Replica {
@@ -38,33 +39,28 @@ pub fn build(scenario: &Scenario, config: &KafkaConfig, group_prefix: &str, time
             ends.push((tp, consumer.end_offset(tp)?));
         }
     }
+    // What the loop has applied, from its own offset stores (no round trip per check).
+    let mut applied = BTreeMap::new();
+    let mut timing = StepTiming::default();
     let mut backoff = 0u32;
     loop {
         if Instant::now() >= deadline {
             return Err(BusError::Unavailable(format!("the replica did not catch up within {timeout:?}")));
         }
-        match Stage::step(&mut pipeline.projections, &mut consumer, &mut producer, 8192)? {
-            StepOutcome::Progress(_) => backoff = 0,
+        let mut tracking = Tracking::new(&mut consumer, &mut applied, &mut timing);
+        match Stage::step(&mut pipeline.projections, &mut tracking, &mut producer, 8192)? {
+            StepOutcome::Progress(_) | StepOutcome::Idle => backoff = 0,
             StepOutcome::Retry(e) => {
                 let delay = crate::service::Backoff::default().delay(backoff);
                 eprintln!("horizon: digest: {e}; retrying in {delay:?}");
                 backoff += 1;
                 std::thread::sleep(delay);
             }
-            StepOutcome::Idle => {
-                // The loop only stores offsets; make the group's committed offsets current.
-                consumer.commit_stored()?;
-                let mut caught_up = true;
-                for (tp, end) in &ends {
-                    if consumer.committed(*tp)? < *end {
-                        caught_up = false;
-                        break;
-                    }
-                }
-                if caught_up {
-                    break;
-                }
-            }
+        }
+        // Checked after every step, not only once a poll came back empty (which costs a whole
+        // poll wait at the end).
+        if ends.iter().all(|(tp, end)| applied.get(tp).copied().unwrap_or(0) >= *end) && pipeline.projections.is_settled() {
+            break;
         }
     }
     Ok(Replica {

@@ -241,10 +241,16 @@ impl horizon_core::bus::Producer for TimedProducer<'_> {
 
 /// The member's consumer seen by its stage: records what the stage commits (and what a restore
 /// replays up to) as the offsets its state reflects.
-struct Tracking<'a> {
+pub(crate) struct Tracking<'a> {
     inner: &'a mut KafkaConsumer,
     applied: &'a mut BTreeMap<TopicPartition, u64>,
     timing: &'a mut StepTiming,
+}
+
+impl<'a> Tracking<'a> {
+    pub(crate) fn new(inner: &'a mut KafkaConsumer, applied: &'a mut BTreeMap<TopicPartition, u64>, timing: &'a mut StepTiming) -> Self {
+        Tracking { inner, applied, timing }
+    }
 }
 
 impl Consumer for Tracking<'_> {
