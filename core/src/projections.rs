@@ -708,9 +708,18 @@ pub struct Digests {
     pub all: String,
 }
 
+/// blake3 of the value's JSON, streamed through a 64 KiB buffer: the JSON of a day's audit trail
+/// runs to hundreds of MB, and building it in one `Vec` spent most of a rebuild's time zeroing
+/// the pages it grew into (`perf` of `horizon digest`: `clear_page_erms` 38 %).
 fn digest_of<T: Serialize>(v: &T) -> String {
-    let bytes = serde_json::to_vec(v).expect("projections serialise");
-    blake3::hash(&bytes).to_hex()[..32].to_string()
+    use std::io::Write;
+    let mut hasher = blake3::Hasher::new();
+    {
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, &mut hasher);
+        serde_json::to_writer(&mut out, v).expect("projections serialise");
+        out.flush().expect("hashing does not fail");
+    }
+    hasher.finalize().to_hex()[..32].to_string()
 }
 
 /// The read models, ready to serve or snapshot.
