@@ -59,10 +59,12 @@ pub fn run(args: BenchKafkaArgs) -> Result<(), String> {
     let pipeline = bench::pipeline_throughput(&scenario, &config, &events, args.max_records).map_err(|e| format!("pipeline: {e}"))?;
     // The topics now hold the throughput run's records and outputs: rebuild from them.
     let (read, rebuild) = bench::rebuild_from_topics(&scenario, &config).map_err(|e| format!("rebuild: {e}"))?;
-    let mut latencies = Vec::new();
+    let (mut latencies, mut raw_latencies) = (Vec::new(), Vec::new());
     for &rate in &args.rates {
         let n = ((rate * 10.0) as usize).clamp(1000, events.len());
         let probe_every = (n / 20_000).max(1);
+        raw_latencies
+            .push(bench::raw_latency(&config, &events[..n], rate, probe_every).map_err(|e| format!("raw latency at {rate}/s: {e}"))?);
         latencies.push(
             bench::pipeline_latency(&scenario, &config, &events[..n], rate, probe_every, args.max_records)
                 .map_err(|e| format!("latency at {rate}/s: {e}"))?,
@@ -72,7 +74,7 @@ pub fn run(args: BenchKafkaArgs) -> Result<(), String> {
     if args.json {
         let v = serde_json::json!({"raw_rdkafka": raw, "pipeline": pipeline, "pipeline_over_raw": ratio,
             "raw_read": read, "rebuild": rebuild, "rebuild_over_read": rebuild.events_per_second / read.events_per_second,
-            "latency": latencies});
+            "latency": latencies, "raw_latency": raw_latencies});
         println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
         return Ok(());
     }
@@ -97,10 +99,20 @@ pub fn run(args: BenchKafkaArgs) -> Result<(), String> {
         rebuild.seconds,
         rebuild.events_per_second / read.events_per_second
     );
-    for l in &latencies {
+    for (l, raw) in latencies.iter().zip(&raw_latencies) {
         println!(
-            "  publish-to-projection at {:>7.0}/s (achieved {:>7.0}/s): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} probes)",
-            l.rate, l.achieved_rate, l.p50_ms, l.p99_ms, l.max_ms, l.probes
+            "  raw publish-to-consume   at {:>7.0}/s (achieved {:>7.0}/s): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} probes; plain consumer, no processing)",
+            raw.rate, raw.achieved_rate, raw.p50_ms, raw.p99_ms, raw.max_ms, raw.probes
+        );
+        println!(
+            "  publish-to-projection    at {:>7.0}/s (achieved {:>7.0}/s): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} probes); p99 / raw p99 {:.2}",
+            l.rate,
+            l.achieved_rate,
+            l.p50_ms,
+            l.p99_ms,
+            l.max_ms,
+            l.probes,
+            l.p99_ms / raw.p99_ms
         );
         print_stages(&l.stages);
     }

@@ -23,8 +23,10 @@ use horizon_core::projections::Projections;
 use horizon_core::scenario::Scenario;
 use horizon_core::topics;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::Message as _;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -287,6 +289,84 @@ pub fn pipeline_latency(
         p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
         max_ms: hist.max() as f64 / 1000.0,
         stages: process.timings().into_iter().map(|(n, t)| (n.to_string(), t)).collect(),
+    })
+}
+
+/// The same paced feed as `pipeline_latency` (same gateway, same probes) read back by a plain
+/// rdkafka consumer with no processing: the latency the broker and client alone give on this
+/// machine at that rate, the baseline for publish-to-projection.
+pub fn raw_latency(config: &KafkaConfig, events: &[Event], rate: f64, probe_every: usize) -> Result<Latency, BusError> {
+    let err = |e: rdkafka::error::KafkaError| BusError::Unavailable(e.to_string());
+    admin::recreate_topics(config)?;
+    let mut base = ClientConfig::new();
+    base.set("bootstrap.servers", &config.bootstrap);
+    for (k, v) in &config.properties {
+        base.set(k, v);
+    }
+    let consumer: BaseConsumer = base
+        .set("group.id", unique("raw-latency"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(err)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..topics::partitions(topics::MARKET_FEED) {
+        tpl.add_partition_offset(topics::MARKET_FEED, p as i32, Offset::Beginning)
+            .map_err(err)?;
+    }
+    consumer.assign(&tpl).map_err(err)?;
+    let probe_of: HashMap<&str, usize> = (0..events.len())
+        .step_by(probe_every.max(1))
+        .map(|i| (events[i].id.as_str(), i))
+        .collect();
+    let (tx, rx) = mpsc::channel();
+    let (go, wait) = mpsc::channel();
+    let feeder = gateway(config.clone(), events.to_vec(), Some(rate), probe_every, tx, wait);
+    // Let the consumer connect and start fetching before the feed starts.
+    let warm = Instant::now();
+    while warm.elapsed() < Duration::from_secs(3) {
+        if let Some(Err(e)) = consumer.poll(Duration::from_millis(100)) {
+            return Err(err(e));
+        }
+    }
+    let _ = go.send(());
+    let mut arrived: HashMap<usize, Instant> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while arrived.len() < probe_of.len() {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let now = Instant::now();
+                if let Some(e) = m.payload().and_then(|v| Event::decode(v).ok()) {
+                    if let Some(&i) = probe_of.get(e.id.as_str()) {
+                        arrived.entry(i).or_insert(now);
+                    }
+                }
+            }
+            Some(Err(e)) => return Err(err(e)),
+            None if Instant::now() > deadline => {
+                return Err(BusError::Unavailable(format!(
+                    "raw latency run: {} of {} probes after 600 s",
+                    arrived.len(),
+                    probe_of.len()
+                )))
+            }
+            None => {}
+        }
+    }
+    let achieved = feeder.join().map_err(|_| BusError::Fatal("gateway thread panicked".into()))??;
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    for (i, at) in rx.try_iter() {
+        if let Some(got) = arrived.get(&i) {
+            let _ = hist.record(got.saturating_duration_since(at).as_micros().max(1) as u64);
+        }
+    }
+    Ok(Latency {
+        rate,
+        achieved_rate: achieved,
+        probes: hist.len(),
+        p50_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
+        p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+        max_ms: hist.max() as f64 / 1000.0,
+        stages: Vec::new(),
     })
 }
 
