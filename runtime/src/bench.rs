@@ -55,6 +55,25 @@ pub struct Latency {
     pub stages: Vec<(String, StepTiming)>,
 }
 
+impl Latency {
+    /// Microseconds, 1 µs to 60 s, 3 significant digits.
+    fn histogram() -> Histogram<u64> {
+        Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
+    }
+
+    fn of(rate: f64, achieved_rate: f64, hist: &Histogram<u64>, stages: Vec<(String, StepTiming)>) -> Latency {
+        Latency {
+            rate,
+            achieved_rate,
+            probes: hist.len(),
+            p50_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
+            p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+            max_ms: hist.max() as f64 / 1000.0,
+            stages,
+        }
+    }
+}
+
 fn unique(what: &str) -> String {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     format!("bench-{what}-{}-{nanos}", std::process::id())
@@ -246,7 +265,7 @@ pub fn pipeline_latency(
     let feeder = gateway(config.clone(), events.to_vec(), Some(rate), probe_every, tx, wait);
     warm_up(&mut process)?;
     let _ = go.send(());
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    let mut hist = Latency::histogram();
     let mut pending: Vec<(usize, Instant)> = Vec::new();
     let total_probes = events.len().div_ceil(probe_every.max(1));
     let mut seen = 0usize;
@@ -281,15 +300,8 @@ pub fn pipeline_latency(
         )));
     }
     let achieved = feeder.join().map_err(|_| BusError::Fatal("gateway thread panicked".into()))??;
-    Ok(Latency {
-        rate,
-        achieved_rate: achieved,
-        probes: hist.len(),
-        p50_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
-        p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
-        max_ms: hist.max() as f64 / 1000.0,
-        stages: process.timings().into_iter().map(|(n, t)| (n.to_string(), t)).collect(),
-    })
+    let stages = process.timings().into_iter().map(|(n, t)| (n.to_string(), t)).collect();
+    Ok(Latency::of(rate, achieved, &hist, stages))
 }
 
 /// The same paced feed as `pipeline_latency` (same gateway, same probes) read back by a plain
@@ -353,21 +365,13 @@ pub fn raw_latency(config: &KafkaConfig, events: &[Event], rate: f64, probe_ever
         }
     }
     let achieved = feeder.join().map_err(|_| BusError::Fatal("gateway thread panicked".into()))??;
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    let mut hist = Latency::histogram();
     for (i, at) in rx.try_iter() {
         if let Some(got) = arrived.get(&i) {
             let _ = hist.record(got.saturating_duration_since(at).as_micros().max(1) as u64);
         }
     }
-    Ok(Latency {
-        rate,
-        achieved_rate: achieved,
-        probes: hist.len(),
-        p50_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
-        p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
-        max_ms: hist.max() as f64 / 1000.0,
-        stages: Vec::new(),
-    })
+    Ok(Latency::of(rate, achieved, &hist, Vec::new()))
 }
 
 /// Raw rdkafka: produce the records to a scratch topic, flush, consume them back.

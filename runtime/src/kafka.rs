@@ -565,8 +565,25 @@ impl KafkaConsumer {
     /// kept: the reader is never polled, so its cached metadata stayed without the partition for
     /// minutes) or topics never created. Either way it is retried, with a fresh reader, and the
     /// error says what to check.
+    ///
+    /// Right after topics are created (or a leader moves) the broker may answer with stale
+    /// leadership for a moment (seen in CI on a fresh broker): that is retried within `timeout`.
     fn watermarks(&mut self, tp: TopicPartition, timeout: Duration) -> Result<(i64, i64), BusError> {
-        let result = self.reader()?.fetch_watermarks(tp.topic, tp.partition as i32, timeout);
+        let deadline = Instant::now() + timeout;
+        let result = loop {
+            let result = self.reader()?.fetch_watermarks(tp.topic, tp.partition as i32, timeout);
+            match &result {
+                Err(e)
+                    if matches!(
+                        e.rdkafka_error_code(),
+                        Some(RDKafkaErrorCode::NotLeaderForPartition | RDKafkaErrorCode::LeaderNotAvailable)
+                    ) && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                _ => break result,
+            }
+        };
         result.map_err(|e| match bus_error(&e) {
             BusError::UnknownTopic(text) => {
                 self.reader = None;
