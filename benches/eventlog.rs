@@ -27,7 +27,7 @@
 //! Run: `cargo bench --bench eventlog`.
 
 use criterion::{criterion_group, Criterion, Throughput};
-use horizon_core::audit::Chainer;
+use horizon_core::audit::{verify, Chainer, Line};
 use horizon_core::bus::Record;
 use horizon_core::event::Event;
 use horizon_core::feed;
@@ -361,12 +361,25 @@ fn chain_breakdown(log: &[Record]) {
         })
         .collect();
 
+    // The log as `horizon sim --out` writes it, for `audit::verify`.
+    let lines: Vec<(usize, Line)> = {
+        let mut chain = Chainer::default();
+        let mut lines: Vec<Line> = log
+            .iter()
+            .map(|r| Line::Record(chain.record(r.topic, r.partition, r.offset, &r.key, &r.value)))
+            .collect();
+        lines.push(Line::Seal(chain.seal()));
+        lines.into_iter().enumerate().map(|(i, l)| (i + 1, l)).collect()
+    };
+
     let rounds = 31;
-    let mut times: [Vec<Duration>; 9] = Default::default();
+    let mut times: [Vec<Duration>; 10] = Default::default();
     let mut buf = Vec::new();
     for round in 0..rounds {
-        for k in 0..9 {
-            let which = (round + k) % 9;
+        for k in 0..10 {
+            let which = (round + k) % 10;
+            // `verify` consumes its lines: a fresh copy, made before the clock starts.
+            let fresh = (which == 9).then(|| lines.clone());
             let t = Instant::now();
             match which {
                 0 => {
@@ -411,6 +424,10 @@ fn chain_breakdown(log: &[Record]) {
                         black_box(blake3::hash(i));
                     }
                 }
+                9 => {
+                    let report = verify(fresh.unwrap()).unwrap();
+                    assert_eq!(report.records, n as u64);
+                }
                 7 => {
                     for b in &batches {
                         black_box(blake3::hash(b));
@@ -442,7 +459,7 @@ fn chain_breakdown(log: &[Record]) {
             times[which].push(t.elapsed());
         }
     }
-    let [chainer, link, blake, sha, lanes, by_part, contiguous, batched, two_updates] = times.map(median);
+    let [chainer, link, blake, sha, lanes, by_part, contiguous, batched, two_updates, verified] = times.map(median);
     println!(
         "\nchain breakdown ({n} records in {} partitions, links {min_len}-{max_len} B, mean {:.0} B; per record, median of {rounds} rotating rounds):",
         partitions.len(),
@@ -450,6 +467,7 @@ fn chain_breakdown(log: &[Record]) {
     );
     let ns = |d: Duration| d.as_secs_f64() * 1e9 / n as f64;
     println!("  Chainer::link (blake3)             {:>7.1} ns", ns(chainer));
+    println!("  audit::verify (parsed lines)       {:>7.1} ns", ns(verified));
     println!("  link bytes only (copy)             {:>7.1} ns", ns(link));
     println!("  blake3::hash of prebuilt links     {:>7.1} ns", ns(blake));
     println!("  blake3::hash of 384-B inputs, contiguous {:>5.1} ns", ns(contiguous));
