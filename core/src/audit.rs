@@ -177,11 +177,15 @@ pub struct VerifyReport {
 /// Verifies a log given as numbered lines (1-based), stopping at the first problem.
 pub fn verify<I: IntoIterator<Item = (usize, Line)>>(lines: I) -> Result<VerifyReport, Tamper> {
     struct Head {
+        topic: String,
+        partition: u32,
         expected_offset: Option<u64>,
         hash: Hash,
         records: u64,
     }
-    let mut heads: BTreeMap<String, Head> = BTreeMap::new();
+    // A handful of chains searched linearly by (topic, partition), as in `Chainer`: a chain's
+    // name is formatted only for a report, not for every record.
+    let mut heads: Vec<Head> = Vec::new();
     let mut sealed = None;
     let mut total = 0;
     for (line, entry) in lines {
@@ -199,25 +203,34 @@ pub fn verify<I: IntoIterator<Item = (usize, Line)>>(lines: I) -> Result<VerifyR
             }
             Line::Record(r) => r,
         };
-        let chain = chain_name(&r.topic, r.partition);
-        let head = heads.entry(chain.clone()).or_insert(Head {
-            expected_offset: None,
-            hash: [0; 32],
-            records: 0,
-        });
+        let i = match heads.iter().position(|h| h.partition == r.partition && h.topic == r.topic) {
+            Some(i) => i,
+            None => {
+                heads.push(Head {
+                    topic: r.topic.clone(),
+                    partition: r.partition,
+                    expected_offset: None,
+                    hash: [0; 32],
+                    records: 0,
+                });
+                heads.len() - 1
+            }
+        };
+        let head = &mut heads[i];
+        let chain = || chain_name(&r.topic, r.partition);
         let own = chain_hash(&r.prev, &r.topic, r.partition, r.offset, &r.key, &r.value);
         if r.prev == head.hash {
             if own != r.hash {
                 return Err(Tamper::Altered {
                     line,
-                    chain,
+                    chain: chain(),
                     offset: r.offset,
                 });
             }
             if head.expected_offset.is_some_and(|e| r.offset < e) {
                 return Err(Tamper::Inserted {
                     line,
-                    chain,
+                    chain: chain(),
                     offset: r.offset,
                 });
             }
@@ -228,7 +241,7 @@ pub fn verify<I: IntoIterator<Item = (usize, Line)>>(lines: I) -> Result<VerifyR
             if own == r.hash && r.offset > expected && head.expected_offset.is_some() {
                 return Err(Tamper::Removed {
                     line,
-                    chain,
+                    chain: chain(),
                     offset: r.offset,
                     expected,
                 });
@@ -236,14 +249,14 @@ pub fn verify<I: IntoIterator<Item = (usize, Line)>>(lines: I) -> Result<VerifyR
             if own == r.hash && head.expected_offset.is_none() && r.prev != [0; 32] {
                 return Err(Tamper::Removed {
                     line,
-                    chain,
+                    chain: chain(),
                     offset: r.offset,
                     expected,
                 });
             }
             return Err(Tamper::Inserted {
                 line,
-                chain,
+                chain: chain(),
                 offset: r.offset,
             });
         }
@@ -253,6 +266,9 @@ pub fn verify<I: IntoIterator<Item = (usize, Line)>>(lines: I) -> Result<VerifyR
         total += 1;
     }
     let seal = sealed.ok_or(Tamper::Unsealed)?;
+    // By name from here on: the seal's order and the report's (a name is unique: the partition
+    // is the digits after the last '/').
+    let heads: BTreeMap<String, Head> = heads.into_iter().map(|h| (chain_name(&h.topic, h.partition), h)).collect();
     for (chain, s) in &seal.heads {
         let Some(h) = heads.get(chain) else {
             return Err(Tamper::Truncated {
@@ -416,6 +432,22 @@ mod tests {
         let mut l = log();
         l.pop();
         assert_eq!(check(l).unwrap_err(), Tamper::Unsealed);
+    }
+
+    #[test]
+    fn a_chain_the_seal_does_not_name_is_reported_and_the_report_names_every_chain() {
+        let report = check(log()).unwrap();
+        let seal = match log().pop() {
+            Some(Line::Seal(s)) => s,
+            _ => panic!(),
+        };
+        assert_eq!(report.chains.keys().collect::<Vec<_>>(), ["t/0", "t/1"]);
+        assert_eq!(report.heads["t/1"], hex(&seal.heads["t/1"].hash));
+        let mut l = log();
+        if let Some(Line::Seal(s)) = l.last_mut() {
+            s.heads.remove("t/1");
+        }
+        assert_eq!(check(l).unwrap_err(), Tamper::SealMismatch { chain: "t/1".into() });
     }
 
     #[test]
