@@ -1088,6 +1088,20 @@ mod tests {
         let q = applied(&reversed);
         assert_eq!(q, p);
         assert_eq!(crate::snapshot::state_to_bytes(&q).unwrap(), bytes);
+        // Loaded from a snapshot of the first half (found by search) and given the second
+        // quarter again and the rest, a trail takes and refuses what the one that never left
+        // memory does, ends as the one that applied everything, and snapshots to the same bytes.
+        let half = events.len() / 2;
+        let mut direct = applied(&events[..half]);
+        let at_half = crate::snapshot::state_to_bytes(&direct).unwrap();
+        let mut resumed: Projections = crate::snapshot::state_from_bytes(&at_half).unwrap();
+        assert!(events[half / 2..half].iter().all(|e| !resumed.apply(e)));
+        assert!(events[half..].iter().all(|e| resumed.apply(e) == direct.apply(e)));
+        assert!(events
+            .iter()
+            .all(|e| !resumed.apply(e) && resumed.audit.get(&e.id) == p.audit.get(&e.id)));
+        assert_eq!(resumed, p);
+        assert_eq!(crate::snapshot::state_to_bytes(&resumed).unwrap(), bytes);
         // A decoded trail goes on interning and applying as the original does.
         let mut decoded = decoded;
         let mut extra = events[3].clone();
