@@ -207,12 +207,13 @@ enum IdRef {
 }
 
 impl IdRef {
-    fn new(id: &str, own: &EventId) -> IdRef {
-        let id = EventId::new(id);
-        if id == *own {
+    /// Compares the texts: an id's text and its `EventId` determine each other, and a root's
+    /// correlation is then neither parsed nor compared as an `EventId`.
+    fn new(id: &str, own: &str) -> IdRef {
+        if id == own {
             IdRef::Own
         } else {
-            IdRef::Other(id)
+            IdRef::Other(EventId::new(id))
         }
     }
 
@@ -368,7 +369,7 @@ impl AuditTrail {
     #[allow(clippy::too_many_arguments)]
     fn add(
         &mut self,
-        id: EventId,
+        id: &str,
         event_type: EventType,
         aggregate_id: &str,
         ts: Timestamp,
@@ -376,6 +377,8 @@ impl AuditTrail {
         causation_id: &str,
         correlation_id: &str,
     ) -> bool {
+        let own = id;
+        let id = EventId::new(own);
         if self.find(&id).is_some() {
             return false;
         }
@@ -383,8 +386,8 @@ impl AuditTrail {
             event_type,
             aggregate: self.intern(aggregate_id),
             producer: self.intern(producer),
-            causation: IdRef::new(causation_id, &id),
-            correlation: IdRef::new(correlation_id, &id),
+            causation: IdRef::new(causation_id, own),
+            correlation: IdRef::new(correlation_id, own),
         };
         let shape = match self.shape_index.get(&shape) {
             Some(i) => *i,
@@ -414,7 +417,7 @@ impl AuditTrail {
     /// Records `e` unless its id is already there; whether it was new.
     fn insert(&mut self, e: &Event) -> bool {
         self.add(
-            EventId::new(&e.id),
+            &e.id,
             e.event_type(),
             &e.aggregate_id,
             e.ts,
@@ -547,7 +550,7 @@ impl<'de> serde::Deserialize<'de> for AuditTrail {
             let mut trail = AuditTrail::default();
             for (id, a) in map {
                 trail.add(
-                    EventId::new(&id),
+                    &id,
                     a.event_type,
                     &a.aggregate_id,
                     a.ts,
