@@ -378,17 +378,17 @@ mod tests {
         let mut run = MemoryRun::new(&s);
         run.feed(&events);
         run.settle();
-        // A snapshot as the previous version (2, before the compact audit trail) labelled it:
+        // A snapshot as the previous version (3, before the audit trail's columns) labelled it:
         let bytes = run.pipeline.projections.snapshot().remove(0).1;
         let header_end = bytes.iter().position(|b| *b == b'\n').unwrap();
         let mut v: serde_json::Value = serde_json::from_slice(&bytes[..header_end]).unwrap();
         assert_eq!(v["version"], serde_json::json!(crate::snapshot::SNAPSHOT_VERSION));
-        v["version"] = serde_json::json!(2);
+        v["version"] = serde_json::json!(3);
         let mut old = serde_json::to_vec(&v).unwrap();
         old.extend_from_slice(&bytes[header_end..]);
         // refused, not misread,
         let err = run.pipeline.projections.offer_snapshot(&old).unwrap_err();
-        assert!(err.contains("version 2"), "{err}");
+        assert!(err.contains("version 3"), "{err}");
         // and the stage, recovering without it, rebuilds the same state from the log.
         crash_and_recover(&mut run, &vec![Vec::new(); 4]);
         run.settle();

@@ -150,22 +150,20 @@ impl EventId {
     /// The id's text, spelled on the stack.
     fn text(&self) -> IdText<'_> {
         match self {
-            EventId::Hex16(raw) => {
-                const DIGITS: &[u8; 16] = b"0123456789abcdef";
-                let mut s = [0u8; 32];
-                for (i, b) in raw.iter().enumerate() {
-                    s[2 * i] = DIGITS[(b >> 4) as usize];
-                    s[2 * i + 1] = DIGITS[(b & 15) as usize];
-                }
-                IdText::Hex(s)
-            }
+            EventId::Hex16(raw) => hex_text(raw),
             EventId::Text(t) => IdText::Text(t),
         }
     }
+}
 
-    fn to_text(&self) -> String {
-        self.text().as_str().to_string()
+fn hex_text(raw: &[u8; 16]) -> IdText<'static> {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = [0u8; 32];
+    for (i, b) in raw.iter().enumerate() {
+        s[2 * i] = DIGITS[(b >> 4) as usize];
+        s[2 * i + 1] = DIGITS[(b & 15) as usize];
     }
+    IdText::Hex(s)
 }
 
 enum IdText<'a> {
@@ -199,55 +197,122 @@ struct EntryText<'a> {
     correlation_id: IdText<'a>,
 }
 
-/// One event of the audit trail, compact: its ids as `EventId`, its aggregate id and producer
-/// as indices into the trail's table of names (a day holds millions of events and a handful of
-/// names), so a snapshot of millions of them decodes without a heap allocation per field.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-struct Entry {
-    event_type: EventType,
-    aggregate: u32,
-    ts: Timestamp,
-    producer: u32,
-    causation: EventId,
-    correlation: EventId,
+/// What an event's causation or correlation id is: its own id (a root's correlation) or
+/// another (the empty text of a root's causation is one, and allocates nothing). Only `Own`
+/// when it equals the event's id, so equal entries hold equal values.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+enum IdRef {
+    Own,
+    Other(EventId),
 }
 
-/// Every event applied, by id: `AuditEntry`s, held compactly (see `Entry`). Read through
-/// `get`, `iter` and `values`, which give `AuditEntry`s as they were applied. The entries lie
-/// in one vector, found by id through a hash table of their positions (4 bytes a slot: the
-/// table of a day's millions of events is tens of MB, not a scatter of hundreds); its order
-/// never reaches an output: the trail serialises in id order (JSON: the map of id to
-/// `AuditEntry`, as the digest hashes it; a binary format such as a snapshot's postcard: the
-/// name table in name order, then the entries in `EventId` order), so equal trails encode
-/// identically whatever order their events came in.
+impl IdRef {
+    /// Compares the texts: an id's text and its `EventId` determine each other, and a root's
+    /// correlation is then neither parsed nor compared as an `EventId`.
+    fn new(id: &str, own: &str) -> IdRef {
+        if id == own {
+            IdRef::Own
+        } else {
+            IdRef::Other(EventId::new(id))
+        }
+    }
+
+    fn text<'a>(&'a self, own: IdText<'a>) -> IdText<'a> {
+        match self {
+            IdRef::Own => own,
+            IdRef::Other(id) => id.text(),
+        }
+    }
+}
+
+/// An event's envelope but its id and time, shared by every event that has the same one: a
+/// day's millions of trades have a handful (one per symbol: the feed's, no cause, their own
+/// correlation); a derived event names its cause, so it has its own. Names are indices into
+/// the trail's table of names.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+struct Shape {
+    event_type: EventType,
+    aggregate: u32,
+    producer: u32,
+    causation: IdRef,
+    correlation: IdRef,
+}
+
+/// Every event applied, by id: `AuditEntry`s, held compactly and read through `get`, `iter`
+/// and `values`, which give them back as they were applied.
+///
+/// An event with a 16-byte id (every id this codebase derives) is three columns: its id, its
+/// time and its `Shape`'s index, 28 bytes in all (a day holds millions), found by id through
+/// `by_id`, a hash table of positions, or, for the positions below `sorted` (a snapshot's,
+/// loaded in id order), by binary search in the range `radix` gives for the id's leading bits:
+/// loading a snapshot copies three byte arrays into three vectors and hashes nothing. Events
+/// with other ids (a foreign producer's) are few and kept by their text.
+///
+/// No order of these reaches an output: the trail serialises in id order (JSON: the map of id
+/// to `AuditEntry`, as the digest hashes it; a binary format such as a snapshot's postcard:
+/// names in name order, shapes in order of first use, then the columns in id order), so equal
+/// trails encode identically whatever order their events came in.
 #[derive(Clone, Debug, Default)]
 pub struct AuditTrail {
-    entries: Vec<(EventId, Entry)>,
+    ids: Vec<[u8; 16]>,
+    times: Vec<Timestamp>,
+    shape_of: Vec<u32>,
+    /// `ids[..sorted]` ascend and are not in `by_id`.
+    sorted: usize,
+    /// For each value `p` of an id's leading bits (`radix_shift` drops the rest), where ids with
+    /// leading bits `p` start in `ids[..sorted]`; one more, `sorted`, at the end.
+    radix: Vec<u32>,
+    radix_shift: u32,
     by_id: HashTable<u32>,
+    foreign: BTreeMap<Box<str>, (Timestamp, u32)>,
+    shapes: Vec<Shape>,
+    shape_index: FxHashMap<Shape, u32>,
     names: Vec<Box<str>>,
     index: FxHashMap<Box<str>, u32>,
 }
 
-fn hash_id(id: &EventId) -> u64 {
-    use std::hash::{Hash, Hasher};
+fn hash_id(id: &[u8; 16]) -> u64 {
+    use std::hash::Hasher;
     let mut h = rustc_hash::FxHasher::default();
-    id.hash(&mut h);
+    h.write_u128(u128::from_le_bytes(*id));
     h.finish()
+}
+
+fn leading(id: &[u8; 16]) -> u32 {
+    u32::from_be_bytes([id[0], id[1], id[2], id[3]])
+}
+
+/// Where an entry is: a position in the columns, or a foreign id's.
+enum At<'a> {
+    Column(usize),
+    Foreign(&'a str, Timestamp, u32),
 }
 
 impl AuditTrail {
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.ids.len() + self.foreign.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
-    fn find(&self, id: &EventId) -> Option<&Entry> {
-        self.by_id
-            .find(hash_id(id), |i| self.entries[*i as usize].0 == *id)
-            .map(|i| &self.entries[*i as usize].1)
+    fn position(&self, id: &[u8; 16]) -> Option<usize> {
+        if self.sorted > 0 {
+            let p = (leading(id) >> self.radix_shift) as usize;
+            let (lo, hi) = (self.radix[p] as usize, self.radix[p + 1] as usize);
+            if let Ok(k) = self.ids[lo..hi].binary_search(id) {
+                return Some(lo + k);
+            }
+        }
+        self.by_id.find(hash_id(id), |i| self.ids[*i as usize] == *id).map(|i| *i as usize)
+    }
+
+    fn find(&self, id: &EventId) -> Option<At<'_>> {
+        match id {
+            EventId::Hex16(raw) => self.position(raw).map(At::Column),
+            EventId::Text(t) => self.foreign.get_key_value(&**t).map(|(k, (ts, s))| At::Foreign(k, *ts, *s)),
+        }
     }
 
     pub fn contains_key(&self, id: &str) -> bool {
@@ -255,50 +320,111 @@ impl AuditTrail {
     }
 
     pub fn get(&self, id: &str) -> Option<AuditEntry> {
-        self.find(&EventId::new(id)).map(|e| self.entry(e))
+        self.find(&EventId::new(id)).map(|at| self.entry(&at))
     }
 
     /// Every event and its entry, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (String, AuditEntry)> + '_ {
-        self.entries.iter().map(|(id, e)| (id.to_text(), self.entry(e)))
+        self.all().map(|at| (self.own(&at).as_str().to_string(), self.entry(&at)))
     }
 
     /// Every entry, in no particular order.
     pub fn values(&self) -> impl Iterator<Item = AuditEntry> + '_ {
-        self.entries.iter().map(|(_, e)| self.entry(e))
+        self.all().map(|at| self.entry(&at))
     }
 
-    /// Adds `entry` under `id` unless the id is already there; whether it was new.
-    fn add(&mut self, id: EventId, entry: Entry) -> bool {
-        let entries = &self.entries;
-        match self
-            .by_id
-            .entry(hash_id(&id), |i| entries[*i as usize].0 == id, |i| hash_id(&entries[*i as usize].0))
-        {
-            hashbrown::hash_table::Entry::Occupied(_) => false,
-            hashbrown::hash_table::Entry::Vacant(v) => {
-                v.insert(self.entries.len() as u32);
-                self.entries.push((id, entry));
-                true
+    fn all(&self) -> impl Iterator<Item = At<'_>> + '_ {
+        (0..self.ids.len())
+            .map(At::Column)
+            .chain(self.foreign.iter().map(|(k, (ts, s))| At::Foreign(k, *ts, *s)))
+    }
+
+    fn own<'a>(&'a self, at: &At<'a>) -> IdText<'a> {
+        match at {
+            At::Column(i) => hex_text(&self.ids[*i]),
+            At::Foreign(t, ..) => IdText::Text(t),
+        }
+    }
+
+    fn time_and_shape(&self, at: &At) -> (Timestamp, &Shape) {
+        match at {
+            At::Column(i) => (self.times[*i], &self.shapes[self.shape_of[*i] as usize]),
+            At::Foreign(_, ts, s) => (*ts, &self.shapes[*s as usize]),
+        }
+    }
+
+    fn entry(&self, at: &At) -> AuditEntry {
+        let (ts, s) = self.time_and_shape(at);
+        AuditEntry {
+            event_type: s.event_type,
+            aggregate_id: self.names[s.aggregate as usize].to_string(),
+            ts,
+            producer: self.names[s.producer as usize].to_string(),
+            causation_id: s.causation.text(self.own(at)).as_str().to_string(),
+            correlation_id: s.correlation.text(self.own(at)).as_str().to_string(),
+        }
+    }
+
+    /// Adds an entry under `id` unless the id is already there; whether it was new.
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &mut self,
+        id: &str,
+        event_type: EventType,
+        aggregate_id: &str,
+        ts: Timestamp,
+        producer: &str,
+        causation_id: &str,
+        correlation_id: &str,
+    ) -> bool {
+        let own = id;
+        let id = EventId::new(own);
+        if self.find(&id).is_some() {
+            return false;
+        }
+        let shape = Shape {
+            event_type,
+            aggregate: self.intern(aggregate_id),
+            producer: self.intern(producer),
+            causation: IdRef::new(causation_id, own),
+            correlation: IdRef::new(correlation_id, own),
+        };
+        let shape = match self.shape_index.get(&shape) {
+            Some(i) => *i,
+            None => {
+                let i = self.shapes.len() as u32;
+                self.shapes.push(shape.clone());
+                self.shape_index.insert(shape, i);
+                i
+            }
+        };
+        match id {
+            EventId::Hex16(raw) => {
+                let ids = &mut self.ids;
+                self.by_id
+                    .insert_unique(hash_id(&raw), ids.len() as u32, |i| hash_id(&ids[*i as usize]));
+                ids.push(raw);
+                self.times.push(ts);
+                self.shape_of.push(shape);
+            }
+            EventId::Text(t) => {
+                self.foreign.insert(t, (ts, shape));
             }
         }
+        true
     }
 
     /// Records `e` unless its id is already there; whether it was new.
     fn insert(&mut self, e: &Event) -> bool {
-        let id = EventId::new(&e.id);
-        if self.find(&id).is_some() {
-            return false;
-        }
-        let entry = Entry {
-            event_type: e.event_type(),
-            aggregate: self.intern(&e.aggregate_id),
-            ts: e.ts,
-            producer: self.intern(&e.meta.producer),
-            causation: EventId::new(&e.meta.causation_id),
-            correlation: EventId::new(&e.meta.correlation_id),
-        };
-        self.add(id, entry)
+        self.add(
+            &e.id,
+            e.event_type(),
+            &e.aggregate_id,
+            e.ts,
+            &e.meta.producer,
+            &e.meta.causation_id,
+            &e.meta.correlation_id,
+        )
     }
 
     fn intern(&mut self, name: &str) -> u32 {
@@ -310,31 +436,25 @@ impl AuditTrail {
         self.index.insert(name.into(), i);
         i
     }
-
-    fn entry(&self, e: &Entry) -> AuditEntry {
-        AuditEntry {
-            event_type: e.event_type,
-            aggregate_id: self.names[e.aggregate as usize].to_string(),
-            ts: e.ts,
-            producer: self.names[e.producer as usize].to_string(),
-            causation_id: e.causation.to_text(),
-            correlation_id: e.correlation.to_text(),
-        }
-    }
 }
 
 impl PartialEq for AuditTrail {
     /// The same events with the same entries, whatever the order they came in.
     fn eq(&self, other: &Self) -> bool {
         self.len() == other.len()
-            && self.entries.iter().all(|(id, e)| {
-                other.find(id).is_some_and(|o| {
-                    e.event_type == o.event_type
-                        && e.ts == o.ts
-                        && e.causation == o.causation
-                        && e.correlation == o.correlation
-                        && self.names[e.aggregate as usize] == other.names[o.aggregate as usize]
-                        && self.names[e.producer as usize] == other.names[o.producer as usize]
+            && self.all().all(|at| {
+                let own = match &at {
+                    At::Column(i) => EventId::Hex16(self.ids[*i]),
+                    At::Foreign(t, ..) => EventId::Text((*t).into()),
+                };
+                other.find(&own).is_some_and(|o| {
+                    let ((ts, s), (ots, os)) = (self.time_and_shape(&at), other.time_and_shape(&o));
+                    ts == ots
+                        && s.event_type == os.event_type
+                        && s.causation == os.causation
+                        && s.correlation == os.correlation
+                        && self.names[s.aggregate as usize] == other.names[os.aggregate as usize]
+                        && self.names[s.producer as usize] == other.names[os.producer as usize]
                 })
             })
     }
@@ -342,12 +462,12 @@ impl PartialEq for AuditTrail {
 
 impl Eq for AuditTrail {}
 
-/// The binary form's entry sequence: borrowed for encoding.
-struct EntriesOut<'a>(Vec<(&'a EventId, Entry)>);
+/// Bytes written as one byte string (postcard: a length and the bytes, read back borrowed).
+struct Blob<'a>(&'a [u8]);
 
-impl Serialize for EntriesOut<'_> {
+impl Serialize for Blob<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|(id, e)| (*id, e)))
+        s.serialize_bytes(self.0)
     }
 }
 
@@ -356,42 +476,69 @@ impl Serialize for AuditTrail {
         use serde::ser::SerializeTuple;
         if s.is_human_readable() {
             // As a `BTreeMap<String, AuditEntry>`, without building one: ids spelled on the stack.
-            let mut ordered: Vec<(IdText, &Entry)> = self.entries.iter().map(|(id, e)| (id.text(), e)).collect();
+            let mut ordered: Vec<(IdText, At)> = self.all().map(|at| (self.own(&at), at)).collect();
             ordered.sort_unstable_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
-            return s.collect_map(ordered.iter().map(|(id, e)| {
+            return s.collect_map(ordered.iter().map(|(id, at)| {
+                let (ts, sh) = self.time_and_shape(at);
                 let entry = EntryText {
-                    event_type: e.event_type,
-                    aggregate_id: &self.names[e.aggregate as usize],
-                    ts: e.ts,
-                    producer: &self.names[e.producer as usize],
-                    causation_id: e.causation.text(),
-                    correlation_id: e.correlation.text(),
+                    event_type: sh.event_type,
+                    aggregate_id: &self.names[sh.aggregate as usize],
+                    ts,
+                    producer: &self.names[sh.producer as usize],
+                    causation_id: sh.causation.text(self.own(at)),
+                    correlation_id: sh.correlation.text(self.own(at)),
                 };
                 (id, entry)
             }));
         }
-        // Canonical: names in name order (renumbered), entries in id order.
+        // Canonical: names in name order (renumbered), shapes in order of first use by the
+        // entries in id order (renumbered), the columns in id order, then the foreign ids'.
         let mut by_name: Vec<u32> = (0..self.names.len() as u32).collect();
         by_name.sort_unstable_by(|a, b| self.names[*a as usize].cmp(&self.names[*b as usize]));
-        let mut renumber = vec![0u32; self.names.len()];
+        let mut name_to = vec![0u32; self.names.len()];
         for (new, old) in by_name.iter().enumerate() {
-            renumber[*old as usize] = new as u32;
+            name_to[*old as usize] = new as u32;
         }
         let names: Vec<&str> = by_name.iter().map(|i| &*self.names[*i as usize]).collect();
-        let mut entries: Vec<(&EventId, Entry)> = self
-            .entries
-            .iter()
-            .map(|(id, e)| {
-                let mut e = e.clone();
-                e.aggregate = renumber[e.aggregate as usize];
-                e.producer = renumber[e.producer as usize];
-                (id, e)
-            })
-            .collect();
-        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let mut t = s.serialize_tuple(2)?;
+        let order: Vec<u32> = if self.sorted == self.ids.len() {
+            (0..self.ids.len() as u32).collect()
+        } else {
+            let mut keyed: Vec<([u8; 16], u32)> = self.ids.iter().zip(0..).map(|(id, i)| (*id, i)).collect();
+            keyed.sort_unstable();
+            keyed.into_iter().map(|(_, i)| i).collect()
+        };
+        let mut shape_to = vec![u32::MAX; self.shapes.len()];
+        let mut shapes = Vec::new();
+        let mut renumber = |old: u32| {
+            let new = &mut shape_to[old as usize];
+            if *new == u32::MAX {
+                *new = shapes.len() as u32;
+                let sh = &self.shapes[old as usize];
+                shapes.push(Shape {
+                    aggregate: name_to[sh.aggregate as usize],
+                    producer: name_to[sh.producer as usize],
+                    ..sh.clone()
+                });
+            }
+            *new
+        };
+        let mut ids = Vec::with_capacity(order.len() * 16);
+        let mut times = Vec::with_capacity(order.len() * 8);
+        let mut shape_of = Vec::with_capacity(order.len() * 4);
+        for i in &order {
+            let i = *i as usize;
+            ids.extend_from_slice(&self.ids[i]);
+            times.extend_from_slice(&self.times[i].0.to_le_bytes());
+            shape_of.extend_from_slice(&renumber(self.shape_of[i]).to_le_bytes());
+        }
+        let foreign: Vec<(&str, Timestamp, u32)> = self.foreign.iter().map(|(id, (ts, sh))| (&**id, *ts, renumber(*sh))).collect();
+        let mut t = s.serialize_tuple(6)?;
         t.serialize_element(&names)?;
-        t.serialize_element(&EntriesOut(entries))?;
+        t.serialize_element(&shapes)?;
+        t.serialize_element(&Blob(&ids))?;
+        t.serialize_element(&Blob(&times))?;
+        t.serialize_element(&Blob(&shape_of))?;
+        t.serialize_element(&foreign)?;
         t.end()
     }
 }
@@ -402,82 +549,104 @@ impl<'de> serde::Deserialize<'de> for AuditTrail {
             let map: BTreeMap<String, AuditEntry> = BTreeMap::deserialize(d)?;
             let mut trail = AuditTrail::default();
             for (id, a) in map {
-                let aggregate = trail.intern(&a.aggregate_id);
-                let producer = trail.intern(&a.producer);
                 trail.add(
-                    EventId::new(&id),
-                    Entry {
-                        event_type: a.event_type,
-                        aggregate,
-                        ts: a.ts,
-                        producer,
-                        causation: EventId::new(&a.causation_id),
-                        correlation: EventId::new(&a.correlation_id),
-                    },
+                    &id,
+                    a.event_type,
+                    &a.aggregate_id,
+                    a.ts,
+                    &a.producer,
+                    &a.causation_id,
+                    &a.correlation_id,
                 );
             }
             return Ok(trail);
         }
-        d.deserialize_tuple(2, Binary)
+        d.deserialize_tuple(6, Binary)
     }
 }
 
-/// Reads the binary form: the name table, then the entries into a vector and table sized once
-/// from the encoded length (postcard gives it), instead of serde's cautious start and a dozen
-/// rehashes on the way to the millions of entries a day of ticks holds, with a quarter more room for
-/// the tail replayed next (a restored table filled to the brim would rehash every id at the
-/// first few thousand new events; untouched room costs address space, not memory). Capped,
-/// so a corrupt length cannot reserve unbounded memory before the data runs out; a name
-/// index out of the table is an error, not a later panic.
+/// Reads the binary form: the small tables as serde values, the columns as byte strings copied
+/// into vectors sized once, with a quarter more room for the tail replayed next (untouched room
+/// costs address space, not memory), and `radix` built in one pass over the ascending ids.
+/// Anything out of place (a length that is not a whole number of entries, ids not strictly
+/// ascending, an index outside its table) is an error, not a later panic or a misread.
 struct Binary;
 
 impl<'de> serde::de::Visitor<'de> for Binary {
     type Value = AuditTrail;
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("an audit trail: names, then entries")
+        f.write_str("an audit trail: names, shapes, ids, times, shape indices, foreign entries")
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<AuditTrail, A::Error> {
         use serde::de::Error;
-        let names: Vec<Box<str>> = seq.next_element()?.ok_or_else(|| A::Error::invalid_length(0, &self))?;
-        seq.next_element_seed(EntriesIn(names))?
-            .ok_or_else(|| A::Error::invalid_length(1, &self))
-    }
-}
+        let missing = |k| A::Error::invalid_length(k, &Binary);
+        let names: Vec<Box<str>> = seq.next_element()?.ok_or_else(|| missing(0))?;
+        let shapes: Vec<Shape> = seq.next_element()?.ok_or_else(|| missing(1))?;
+        let ids: &'de [u8] = seq.next_element()?.ok_or_else(|| missing(2))?;
+        let times: &'de [u8] = seq.next_element()?.ok_or_else(|| missing(3))?;
+        let shape_of: &'de [u8] = seq.next_element()?.ok_or_else(|| missing(4))?;
+        let foreign: Vec<(Box<str>, Timestamp, u32)> = seq.next_element()?.ok_or_else(|| missing(5))?;
 
-/// The entries, read into an `AuditTrail` with the given name table.
-struct EntriesIn(Vec<Box<str>>);
-
-impl<'de> serde::de::DeserializeSeed<'de> for EntriesIn {
-    type Value = AuditTrail;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for EntriesIn {
-    type Value = AuditTrail;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("audit entries by event id")
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        use serde::de::Error;
-        let n = seq.size_hint().unwrap_or(0).min(1 << 24);
-        let n = n + n / 4;
-        let names = self.0;
+        let n = ids.len() / 16;
+        if ids.len() != n * 16 || times.len() != n * 8 || shape_of.len() != n * 4 || n >= u32::MAX as usize {
+            return Err(A::Error::custom("audit columns of different lengths"));
+        }
+        let known = names.len() as u32;
+        if shapes.iter().any(|s| s.aggregate >= known || s.producer >= known) {
+            return Err(A::Error::custom("an audit entry names no name of the table"));
+        }
+        let room = n + n / 4;
         let mut trail = AuditTrail {
-            entries: Vec::with_capacity(n),
-            by_id: HashTable::with_capacity(n),
+            ids: Vec::with_capacity(room),
+            times: Vec::with_capacity(room),
+            shape_of: Vec::with_capacity(room),
+            sorted: n,
+            by_id: HashTable::with_capacity(n / 4),
             index: names.iter().enumerate().map(|(i, n)| (n.clone(), i as u32)).collect(),
             names,
+            shape_index: shapes.iter().enumerate().map(|(i, s)| (s.clone(), i as u32)).collect(),
+            shapes,
+            ..AuditTrail::default()
         };
-        let known = trail.names.len() as u32;
-        while let Some((id, e)) = seq.next_element::<(EventId, Entry)>()? {
-            if e.aggregate >= known || e.producer >= known {
-                return Err(A::Error::custom("an audit entry names no name of the table"));
+        let bad_shape = || A::Error::custom("an audit entry has no shape of the table");
+        let n_shapes = trail.shapes.len() as u32;
+        trail
+            .ids
+            .extend(ids.chunks_exact(16).map(|c| <[u8; 16]>::try_from(c).expect("16 bytes")));
+        trail.times.extend(
+            times
+                .chunks_exact(8)
+                .map(|c| Timestamp(i64::from_le_bytes(c.try_into().expect("8 bytes")))),
+        );
+        trail
+            .shape_of
+            .extend(shape_of.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))));
+        if trail.shape_of.iter().any(|s| *s >= n_shapes) {
+            return Err(bad_shape());
+        }
+        if !trail.ids.windows(2).all(|w| w[0] < w[1]) {
+            return Err(A::Error::custom("audit ids not strictly ascending"));
+        }
+        // About one id a bucket: ids are hashes (uniform), and any other spread only makes
+        // some ranges longer, never a lookup wrong.
+        let bits = n.max(2).ilog2().min(24);
+        trail.radix_shift = 32 - bits;
+        trail.radix = Vec::with_capacity((1 << bits) + 1);
+        let mut at = 0;
+        for p in 0..=(1u32 << bits) {
+            while at < n && (leading(&trail.ids[at]) >> trail.radix_shift) < p {
+                at += 1;
             }
-            if !trail.add(id, e) {
-                return Err(A::Error::custom("an event id twice in the audit trail"));
+            trail.radix.push(at as u32);
+        }
+        for (id, ts, shape) in foreign {
+            if shape >= n_shapes {
+                return Err(bad_shape());
             }
+            if matches!(EventId::new(&id), EventId::Hex16(_)) || trail.foreign.last_key_value().is_some_and(|(k, _)| *k >= id) {
+                return Err(A::Error::custom("foreign audit ids not text or not strictly ascending"));
+            }
+            trail.foreign.insert(id, (ts, shape));
         }
         Ok(trail)
     }
@@ -931,6 +1100,20 @@ mod tests {
         let q = applied(&reversed);
         assert_eq!(q, p);
         assert_eq!(crate::snapshot::state_to_bytes(&q).unwrap(), bytes);
+        // Loaded from a snapshot of the first half (found by search) and given the second
+        // quarter again and the rest, a trail takes and refuses what the one that never left
+        // memory does, ends as the one that applied everything, and snapshots to the same bytes.
+        let half = events.len() / 2;
+        let mut direct = applied(&events[..half]);
+        let at_half = crate::snapshot::state_to_bytes(&direct).unwrap();
+        let mut resumed: Projections = crate::snapshot::state_from_bytes(&at_half).unwrap();
+        assert!(events[half / 2..half].iter().all(|e| !resumed.apply(e)));
+        assert!(events[half..].iter().all(|e| resumed.apply(e) == direct.apply(e)));
+        assert!(events
+            .iter()
+            .all(|e| !resumed.apply(e) && resumed.audit.get(&e.id) == p.audit.get(&e.id)));
+        assert_eq!(resumed, p);
+        assert_eq!(crate::snapshot::state_to_bytes(&resumed).unwrap(), bytes);
         // A decoded trail goes on interning and applying as the original does.
         let mut decoded = decoded;
         let mut extra = events[3].clone();
@@ -941,22 +1124,33 @@ mod tests {
         // Cut short or pointing outside its name table, it is refused, not misread.
         assert!(crate::snapshot::state_from_bytes::<Projections>(&bytes[..bytes.len() - 3]).is_none());
         let empty = crate::snapshot::state_to_bytes(&AuditTrail::default()).unwrap();
-        assert_eq!(empty, [0, 0]);
-        let mut forged = vec![0u8, 1];
-        forged.extend(
-            crate::snapshot::state_to_bytes(&(
-                EventId::new(&events[0].id),
-                Entry {
-                    event_type: events[0].event_type(),
-                    aggregate: 0,
-                    ts: events[0].ts,
-                    producer: 0,
-                    causation: EventId::new(""),
-                    correlation: EventId::new(""),
-                },
+        assert_eq!(empty, [0; 6]);
+        // Forged columns: ids, one shape index for each, and how many times.
+        let forge = |ids: &[[u8; 16]], shape: u32, times: usize| {
+            let shapes = vec![Shape {
+                event_type: EventType::MarketDataReceived,
+                aggregate: 0,
+                producer: 1,
+                causation: IdRef::Other(EventId::new("")),
+                correlation: IdRef::Own,
+            }];
+            let shape_of: Vec<u8> = ids.iter().flat_map(|_| shape.to_le_bytes()).collect();
+            let bytes = crate::snapshot::state_to_bytes(&(
+                vec!["BTCUSDT", "feed"],
+                shapes,
+                Blob(ids.as_flattened()),
+                Blob(&vec![0u8; 8 * times]),
+                Blob(&shape_of),
+                Vec::<(String, Timestamp, u32)>::new(),
             ))
-            .unwrap(),
-        );
-        assert!(crate::snapshot::state_from_bytes::<AuditTrail>(&forged).is_none());
+            .unwrap();
+            crate::snapshot::state_from_bytes::<AuditTrail>(&bytes)
+        };
+        let ok = forge(&[[7; 16], [8; 16]], 0, 2).expect("a well-formed trail");
+        assert_eq!(ok.get(&"08".repeat(16)).unwrap().correlation_id, "08".repeat(16));
+        assert!(forge(&[[7; 16], [7; 16]], 0, 2).is_none(), "an id twice");
+        assert!(forge(&[[8; 16], [7; 16]], 0, 2).is_none(), "ids out of order");
+        assert!(forge(&[[7; 16], [8; 16]], 1, 2).is_none(), "a shape outside the table");
+        assert!(forge(&[[7; 16], [8; 16]], 0, 1).is_none(), "columns of different lengths");
     }
 }

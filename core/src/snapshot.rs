@@ -11,8 +11,9 @@ use std::collections::BTreeMap;
 
 /// The format's version, header and states together: a snapshot of another version is refused
 /// (and its task rebuilt by replaying the log), never misread. 3: the projections' audit trail
-/// is held compactly (`projections::AuditTrail`): ids as raw bytes, names interned.
-pub const SNAPSHOT_VERSION: u32 = 3;
+/// is held compactly (`projections::AuditTrail`): ids as raw bytes, names interned. 4: the
+/// audit trail as columns in id order (ids, times, shape indices), loaded without hashing.
+pub const SNAPSHOT_VERSION: u32 = 4;
 
 #[derive(Serialize, Deserialize)]
 struct Header {
