@@ -739,19 +739,15 @@ fn bar_from(b: pb::Bar) -> Result<Bar, DecodeError> {
     })
 }
 
-/// Decodes with the generated code and refuses bytes the message does not account for: prost
-/// skips unknown fields, so a payload longer than its re-encoding carried fields we don't know.
-pub(crate) fn decode_known<M: Message + Default>(bytes: &[u8], declared: EventType) -> Result<M, DecodeError> {
+/// Decodes with the generated code and refuses a payload carrying a field the schema does not
+/// give its message (prost would skip it silently): `crate::schema`.
+pub(crate) fn decode_known<M: Message + Default + prost::Name>(bytes: &[u8], declared: EventType) -> Result<M, DecodeError> {
     let m = M::decode(bytes).map_err(|e| DecodeError::TypeMismatch {
         declared,
         reason: e.to_string(),
     })?;
-    if m.encoded_len() < bytes.len() {
-        return Err(DecodeError::UnknownFields(format!(
-            "{declared} payload: {} of {} bytes unaccounted for",
-            bytes.len() - m.encoded_len(),
-            bytes.len()
-        )));
+    if let Some(field) = crate::schema::unknown_field(&M::full_name(), bytes) {
+        return Err(DecodeError::UnknownFields(format!("{declared} payload: {field}")));
     }
     Ok(m)
 }
@@ -1152,6 +1148,20 @@ mod tests {
             let err = Event::decode(&envelope_with(&r, &v1, Some(v))).unwrap_err();
             assert!(matches!(err, DecodeError::Invalid("metadata.schema_version", _)), "{err}");
         }
+    }
+
+    #[test]
+    fn known_fields_in_any_legal_encoding_decode_as_the_canonical_one() {
+        // A foreign producer may write a field twice or a default explicitly; the re-encoding is
+        // then shorter than the payload, which the codec once took for unknown fields.
+        let r = rebalance_event();
+        let env = pb::DomainEvent::decode(r.encode().as_slice()).unwrap();
+        let p = pb::PortfolioRebalanced::decode(&env.payload[..]).unwrap();
+        let mut payload = p.encode_to_vec();
+        crate::wire::put_uint(&mut payload, 2, p.reason as u64);
+        crate::wire::put_bytes(&mut payload, 1, p.portfolio_id.as_bytes());
+        assert!(payload.len() > p.encoded_len());
+        assert_eq!(Event::decode(&envelope_with(&r, &payload, Some("2"))).unwrap(), r);
     }
 
     #[test]

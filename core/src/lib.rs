@@ -29,6 +29,7 @@ pub mod processor;
 pub mod projections;
 pub mod risk;
 pub mod scenario;
+pub mod schema;
 pub mod sequencer;
 pub mod service;
 pub mod signals;

@@ -12,6 +12,10 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/horizon.v1.rs"));
 }
 
+/// The compiled schema (an encoded `google.protobuf.FileDescriptorSet` of both files and their
+/// imports), so a reader can tell which fields each message has.
+pub const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
+
 /// The schema files, for tools that generate code in other languages from the same contract.
 pub const EVENTS_PROTO: &str = include_str!("../horizon/v1/events.proto");
 /// Earlier versions' payload shapes; other languages need them only to read old records.

@@ -56,7 +56,10 @@ fn trade(id: &str, price: Fixed, quantity: Fixed) -> Event {
         price,
         quantity,
         aggressor_side: Side::Buy,
-        ts_exchange: Timestamp::from_millis(1_714_521_600_000),
+        // Now, not a fixed day: the market stage restores by replaying the partition, which on
+        // a broker kept between runs holds other runs' trades of BTCUSDT (the bench's are in
+        // 2024-05); a fixed time before theirs made the valid trade "late".
+        ts_exchange: Timestamp::from_millis(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64),
     })
 }
 
