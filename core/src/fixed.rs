@@ -83,8 +83,10 @@ impl Fixed {
         self.0 == 0
     }
 
+    /// The magnitude; the one value without a positive counterpart (`i64::MIN` units) gives the
+    /// largest value instead of overflowing (a panic in debug builds, a negative in release).
     pub fn abs(self) -> Fixed {
-        Fixed(self.0.abs())
+        Fixed(self.0.saturating_abs())
     }
 
     pub fn signum(self) -> i64 {
@@ -335,6 +337,15 @@ impl<'de> Deserialize<'de> for Fixed {
 
 #[cfg(test)]
 mod tests {
+    use super::Fixed as F;
+
+    #[test]
+    fn abs_never_overflows() {
+        assert_eq!(F(-5).abs(), F(5));
+        assert_eq!(F(i64::MIN).abs(), F(i64::MAX));
+        assert!(F(i64::MIN).abs() > F(0));
+    }
+
     use super::*;
 
     fn fx(s: &str) -> Fixed {
