@@ -473,6 +473,9 @@ pub fn rebuild_from_topics(scenario: &Scenario, config: &KafkaConfig) -> Result<
             return Err(BusError::Unavailable(format!("raw read: {read} of {total} records after 300 s")));
         }
     }
+    // The replica's clock includes leaving its group and closing its consumer (`build` drops
+    // it before returning): so does this one.
+    drop(reader);
     let raw = throughput(read, start.elapsed());
     let start = Instant::now();
     let replica = crate::replica::build(scenario, config, &unique("rebuild"), Duration::from_secs(300))?;
