@@ -164,17 +164,18 @@ pub fn digest(args: DigestArgs) -> Result<(), String> {
     let config = args.kafka.config()?;
     let r = replica::build(&scenario, &config, &args.group_prefix, Duration::from_secs(args.timeout)).map_err(|e| e.to_string())?;
     if args.json {
-        let v = serde_json::json!({"digests": r.digests, "events": r.events, "records_read": r.records_read, "views": r.views});
+        let v = serde_json::json!({"digests": r.digests(), "events": r.events, "records_read": r.records_read, "views": r.views()});
         println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
     } else {
         println!("{} distinct events from {} records", r.events, r.records_read);
         println!("projection digests");
-        println!("  bars           {}", r.digests.bars);
-        println!("  portfolio      {}", r.digests.portfolio);
-        println!("  risk           {}", r.digests.risk);
-        println!("  notifications  {}", r.digests.notifications);
-        println!("  audit          {}", r.digests.audit);
-        println!("  all            {}", r.digests.all);
+        let digests = r.digests();
+        println!("  bars           {}", digests.bars);
+        println!("  portfolio      {}", digests.portfolio);
+        println!("  risk           {}", digests.risk);
+        println!("  notifications  {}", digests.notifications);
+        println!("  audit          {}", digests.audit);
+        println!("  all            {}", digests.all);
     }
     Ok(())
 }

@@ -14,11 +14,22 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 pub struct Replica {
-    pub digests: Digests,
-    pub views: Views,
+    pipeline: Pipeline,
     /// Distinct events applied.
     pub events: u64,
     pub records_read: u64,
+}
+
+impl Replica {
+    /// Computed on demand: a digest serialises the whole projection state (for a day's audit
+    /// trail, as long as the rebuild itself), which is not part of rebuilding it.
+    pub fn digests(&self) -> Digests {
+        self.pipeline.digests()
+    }
+
+    pub fn views(&self) -> Views {
+        self.pipeline.views()
+    }
 }
 
 /// Builds the projections from the log up to the end offsets of now; fails after `timeout`.
@@ -64,10 +75,9 @@ pub fn build(scenario: &Scenario, config: &KafkaConfig, group_prefix: &str, time
         }
     }
     Ok(Replica {
-        digests: pipeline.digests(),
-        views: pipeline.views(),
         events: pipeline.projections().map(|p| p.audit.len() as u64).unwrap_or(0),
         records_read: pipeline.projections.stats.records_in,
+        pipeline,
     })
 }
 
