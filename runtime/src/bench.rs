@@ -25,7 +25,7 @@ use horizon_core::topics;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::Message as _;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
@@ -127,11 +127,7 @@ fn gateway(
 ) -> std::thread::JoinHandle<Result<f64, BusError>> {
     std::thread::spawn(move || {
         let err = |e: rdkafka::error::KafkaError| BusError::Unavailable(e.to_string());
-        let mut base = ClientConfig::new();
-        base.set("bootstrap.servers", &config.bootstrap);
-        for (k, v) in &config.properties {
-            base.set(k, v);
-        }
+        let mut base = config.client_config(&[], &[]);
         let producer: BaseProducer = base
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -310,11 +306,7 @@ pub fn pipeline_latency(
 pub fn raw_latency(config: &KafkaConfig, events: &[Event], rate: f64, probe_every: usize) -> Result<Latency, BusError> {
     let err = |e: rdkafka::error::KafkaError| BusError::Unavailable(e.to_string());
     admin::recreate_topics(config)?;
-    let mut base = ClientConfig::new();
-    base.set("bootstrap.servers", &config.bootstrap);
-    for (k, v) in &config.properties {
-        base.set(k, v);
-    }
+    let mut base = config.client_config(&[], &[]);
     let consumer: BaseConsumer = base
         .set("group.id", unique("raw-latency"))
         .set("enable.auto.commit", "false")
@@ -378,11 +370,7 @@ pub fn raw_latency(config: &KafkaConfig, events: &[Event], rate: f64, probe_ever
 pub fn raw_roundtrip(config: &KafkaConfig, values: &[Vec<u8>]) -> Result<Throughput, BusError> {
     let err = |e: rdkafka::error::KafkaError| BusError::Unavailable(e.to_string());
     admin::create_topic(config, RAW_TOPIC, topics::partitions(topics::MARKET_FEED) as i32)?;
-    let mut base = ClientConfig::new();
-    base.set("bootstrap.servers", &config.bootstrap);
-    for (k, v) in &config.properties {
-        base.set(k, v);
-    }
+    let base = config.client_config(&[], &[]);
     let producer: BaseProducer = base
         .clone()
         .set("enable.idempotence", "true")

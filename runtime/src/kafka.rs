@@ -122,7 +122,7 @@ impl KafkaConfig {
     }
 
     /// `defaults`, then the user's properties, then `required` (what the guarantees rest on).
-    fn client_config(&self, defaults: &[(&str, &str)], required: &[(&str, &str)]) -> ClientConfig {
+    pub(crate) fn client_config(&self, defaults: &[(&str, &str)], required: &[(&str, &str)]) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap);
         for (k, v) in defaults {

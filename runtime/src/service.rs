@@ -404,11 +404,7 @@ impl Member {
             return Ok(false);
         }
         let started = Instant::now();
-        let mut tracking = Tracking {
-            inner: &mut self.consumer,
-            applied: &mut self.applied,
-            timing: &mut self.timing,
-        };
+        let mut tracking = Tracking::new(&mut self.consumer, &mut self.applied, &mut self.timing);
         let mut publish = Duration::ZERO;
         let mut producer = TimedProducer {
             inner: &mut self.producer,
