@@ -58,7 +58,7 @@ pub fn run(args: BenchKafkaArgs) -> Result<(), String> {
     eprintln!("horizon bench kafka: raw rdkafka {:.0} records/s", raw.events_per_second);
     let pipeline = bench::pipeline_throughput(&scenario, &config, &events, args.max_records).map_err(|e| format!("pipeline: {e}"))?;
     // The topics now hold the throughput run's records and outputs: rebuild from them.
-    let (read, rebuild) = bench::rebuild_from_topics(&scenario, &config).map_err(|e| format!("rebuild: {e}"))?;
+    let rebuilt = bench::rebuild_from_topics(&scenario, &config).map_err(|e| format!("rebuild: {e}"))?;
     let (mut latencies, mut raw_latencies) = (Vec::new(), Vec::new());
     for &rate in &args.rates {
         let n = ((rate * 10.0) as usize).clamp(1000, events.len());
@@ -73,7 +73,7 @@ pub fn run(args: BenchKafkaArgs) -> Result<(), String> {
     let ratio = pipeline.events_per_second / raw.events_per_second;
     if args.json {
         let v = serde_json::json!({"raw_rdkafka": raw, "pipeline": pipeline, "pipeline_over_raw": ratio,
-            "raw_read": read, "rebuild": rebuild, "rebuild_over_read": rebuild.events_per_second / read.events_per_second,
+            "rebuild_from_topics": rebuilt, "rebuild_over_read": rebuilt.rebuild.events_per_second / rebuilt.read.events_per_second,
             "latency": latencies, "raw_latency": raw_latencies});
         println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
         return Ok(());
@@ -89,15 +89,32 @@ pub fn run(args: BenchKafkaArgs) -> Result<(), String> {
     );
     print_stages(&pipeline.stages);
     println!("  pipeline / raw                    {:>10.2}", ratio);
+    let (read, rebuild) = (&rebuilt.read, &rebuilt.rebuild);
     println!(
-        "  read the projections' inputs back  {:>10.0} records/s ({} records, {:.2} s; a group of its own, no processing)",
-        read.events_per_second, read.events, read.seconds
+        "  read the projections' inputs back  {:>10.0} records/s ({} records, {:.2} s; a group of its own, no processing); data phase {:.0} records/s ({:.0} ms)",
+        read.events_per_second,
+        read.events,
+        read.seconds,
+        rebuilt.read_data.events_per_second,
+        rebuilt.read_data.seconds * 1e3
+    );
+    println!(
+        "  apply them in memory, one core     {:>10.0} records/s ({:.0} ms; decode + projections, no Kafka)",
+        rebuilt.apply.events_per_second,
+        rebuilt.apply.seconds * 1e3
     );
     println!(
         "  rebuild every projection from them {:>10.0} records/s ({:.2} s; a fresh replica, `horizon digest`); rebuild / read {:.2}",
         rebuild.events_per_second,
         rebuild.seconds,
         rebuild.events_per_second / read.events_per_second
+    );
+    println!(
+        "    data phase                       {:>10.0} records/s ({:.0} ms); / read's {:.2}, / in-memory apply {:.2}",
+        rebuilt.rebuild_data.events_per_second,
+        rebuilt.rebuild_data.seconds * 1e3,
+        rebuilt.rebuild_data.events_per_second / rebuilt.read_data.events_per_second,
+        rebuilt.rebuild_data.events_per_second / rebuilt.apply.events_per_second
     );
     for (l, raw) in latencies.iter().zip(&raw_latencies) {
         println!(

@@ -434,40 +434,87 @@ pub fn raw_roundtrip(config: &KafkaConfig, values: &[Vec<u8>]) -> Result<Through
     })
 }
 
+/// `rebuild_from_topics`' figures. Each Kafka side has its whole time (from making its consumer
+/// to closing it: group join, first fetch and leaving the group included) and its data phase
+/// (first record to last), which is where processing can cost anything.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RebuildFigures {
+    /// A member of a group of its own reading every input record, no processing: the
+    /// consumer's own limit.
+    pub read: Throughput,
+    pub read_data: Throughput,
+    /// The same records, already in memory, decoded and applied to fresh projections on this
+    /// thread (what a rebuild from a local log does): the processing's own limit.
+    pub apply: Throughput,
+    /// A fresh read replica (`horizon digest`).
+    pub rebuild: Throughput,
+    pub rebuild_data: Throughput,
+}
+
 /// Rebuilding every projection from the topics as they are (a fresh read replica, what
-/// `horizon digest` does) next to reading the same records with no processing; both are members
-/// of a consumer group of their own that reads every input partition from the start to its end
-/// offset, so group join and fetching are the same on both sides. Returns (raw read, rebuild).
-pub fn rebuild_from_topics(scenario: &Scenario, config: &KafkaConfig) -> Result<(Throughput, Throughput), BusError> {
+/// `horizon digest` does) next to two baselines: reading the same records with no processing,
+/// with the same client (`KafkaConsumer::new_prefetching`) in a group of its own, so group join
+/// and fetching are the same on both sides; and applying the records it read with no Kafka.
+pub fn rebuild_from_topics(scenario: &Scenario, config: &KafkaConfig) -> Result<RebuildFigures, BusError> {
     use horizon_core::bus::{Consumer as _, Polled, TopicPartition};
     use horizon_core::pipeline::Stage as _;
     let inputs = Pipeline::new(scenario).projections.inputs();
     // Both clocks start before the consumer is made: the replica also asks every partition's
     // end offset first (one round trip each), then joins its group.
     let start = Instant::now();
-    let mut reader = crate::kafka::KafkaConsumer::new(config, &unique("read"), inputs)?;
+    let mut reader = crate::kafka::KafkaConsumer::new_prefetching(config, &unique("read"), inputs)?;
     let mut total = 0u64;
     for &topic in inputs {
         for partition in 0..topics::partitions(topic) {
             total += reader.end_offset(TopicPartition { topic, partition })?;
         }
     }
-    let mut read = 0u64;
-    while read < total {
-        if let Polled::Records(records) = reader.poll(4096)? {
-            read += records.len() as u64;
+    let mut records = Vec::with_capacity(total as usize);
+    let mut first_record_after = None;
+    while (records.len() as u64) < total {
+        if let Polled::Records(got) = reader.poll(4096)? {
+            first_record_after.get_or_insert_with(|| start.elapsed());
+            records.extend(got);
         }
         if start.elapsed() > Duration::from_secs(300) {
-            return Err(BusError::Unavailable(format!("raw read: {read} of {total} records after 300 s")));
+            return Err(BusError::Unavailable(format!(
+                "raw read: {} of {total} records after 300 s",
+                records.len()
+            )));
         }
     }
+    let caught_up_after = start.elapsed();
     // The replica's clock includes leaving its group and closing its consumer (`build` drops
     // it before returning): so does this one.
     drop(reader);
-    let raw = throughput(read, start.elapsed());
+    let read = throughput(records.len() as u64, start.elapsed());
+    let read_data = throughput(read.events, caught_up_after.saturating_sub(first_record_after.unwrap_or_default()));
+    let start = Instant::now();
+    let mut projections = Projections::default();
+    for r in &records {
+        if let Ok(e) = Event::decode(&r.value) {
+            projections.apply(&e);
+        }
+    }
+    let apply = throughput(records.len() as u64, start.elapsed());
+    drop(projections);
+    drop(records);
     let start = Instant::now();
     let replica = crate::replica::build(scenario, config, &unique("rebuild"), Duration::from_secs(300))?;
-    Ok((raw, throughput(replica.records_read, start.elapsed())))
+    let rebuild = throughput(replica.records_read, start.elapsed());
+    let rebuild_data = throughput(
+        replica.records_read,
+        replica
+            .caught_up_after
+            .saturating_sub(replica.first_record_after.unwrap_or_default()),
+    );
+    Ok(RebuildFigures {
+        read,
+        read_data,
+        apply,
+        rebuild,
+        rebuild_data,
+    })
 }
 
 fn throughput(events: u64, elapsed: Duration) -> Throughput {

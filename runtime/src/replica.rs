@@ -1,6 +1,8 @@
 //! A read replica built on demand (`horizon digest`): a fresh projection that consumes every
 //! topic from the beginning in a consumer group of its own until it has caught up with the end
-//! offsets seen at its start, then reports its digests and views.
+//! offsets seen at its start, then reports its digests and views. Its consumer polls librdkafka
+//! on a thread of its own (`KafkaConsumer::new_prefetching`), so applying records and
+//! librdkafka's per-message work overlap.
 
 use crate::kafka::{KafkaConfig, KafkaConsumer};
 use crate::service::{replica_group, StepTiming, Tracking};
@@ -18,6 +20,10 @@ pub struct Replica {
     /// Distinct events applied.
     pub events: u64,
     pub records_read: u64,
+    /// From the start of `build` to the first record applied (group join and first fetch), and
+    /// to caught up (the consumer is closed after that).
+    pub first_record_after: Option<Duration>,
+    pub caught_up_after: Duration,
 }
 
 impl Replica {
@@ -34,15 +40,16 @@ impl Replica {
 
 /// Builds the projections from the log up to the end offsets of now; fails after `timeout`.
 pub fn build(scenario: &Scenario, config: &KafkaConfig, group_prefix: &str, timeout: Duration) -> Result<Replica, BusError> {
+    let start = Instant::now();
     let mut pipeline = Pipeline::new(scenario);
     let inputs = pipeline.projections.inputs();
     let group = replica_group(group_prefix, "digest");
-    let mut consumer = KafkaConsumer::new(config, &group, inputs)?;
+    let mut consumer = KafkaConsumer::new_prefetching(config, &group, inputs)?;
     consumer.set_poll_timing(Duration::from_millis(200), Duration::from_millis(5));
     // The replica publishes nothing (projections have no outputs), but the loop needs a producer
     // for dead letters, which the live projections stage has already written.
     let mut producer = DiscardProducer;
-    let deadline = Instant::now() + timeout;
+    let deadline = start + timeout;
     let mut ends = Vec::new();
     for &topic in inputs {
         for partition in 0..topics::partitions(topic) {
@@ -54,13 +61,20 @@ pub fn build(scenario: &Scenario, config: &KafkaConfig, group_prefix: &str, time
     let mut applied = BTreeMap::new();
     let mut timing = StepTiming::default();
     let mut backoff = 0u32;
+    let mut first_record_after = None;
     loop {
         if Instant::now() >= deadline {
             return Err(BusError::Unavailable(format!("the replica did not catch up within {timeout:?}")));
         }
         let mut tracking = Tracking::new(&mut consumer, &mut applied, &mut timing);
         match Stage::step(&mut pipeline.projections, &mut tracking, &mut producer, 8192)? {
-            StepOutcome::Progress(_) | StepOutcome::Idle => backoff = 0,
+            StepOutcome::Progress(n) => {
+                if n > 0 && first_record_after.is_none() {
+                    first_record_after = Some(start.elapsed());
+                }
+                backoff = 0;
+            }
+            StepOutcome::Idle => backoff = 0,
             StepOutcome::Retry(e) => {
                 let delay = crate::service::Backoff::default().delay(backoff);
                 eprintln!("horizon: digest: {e}; retrying in {delay:?}");
@@ -74,10 +88,14 @@ pub fn build(scenario: &Scenario, config: &KafkaConfig, group_prefix: &str, time
             break;
         }
     }
+    let caught_up_after = start.elapsed();
+    drop(consumer);
     Ok(Replica {
         events: pipeline.projections().map(|p| p.audit.len() as u64).unwrap_or(0),
         records_read: pipeline.projections.stats.records_in,
         pipeline,
+        first_record_after,
+        caught_up_after,
     })
 }
 

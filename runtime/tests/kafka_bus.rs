@@ -196,7 +196,9 @@ fn keyed_records_land_on_their_partition_and_a_new_member_resumes_after_the_comm
     }
     drop(a);
 
-    let mut b = KafkaConsumer::new(&cfg, &group, &[topics::MARKET_FEED]).unwrap();
+    // The second member polls librdkafka on a thread of its own (as the read replica does):
+    // the same notices and records reach its caller.
+    let mut b = KafkaConsumer::new_prefetching(&cfg, &group, &[topics::MARKET_FEED]).unwrap();
     assert_eq!(await_assignment(&mut b), all_partitions(topics::MARKET_FEED));
     for (tp, o) in &commits {
         assert_eq!(b.committed(*tp).unwrap(), *o, "the group's commit survives the member");
@@ -219,11 +221,22 @@ fn keyed_records_land_on_their_partition_and_a_new_member_resumes_after_the_comm
 
 #[test]
 fn two_members_split_co_partitioned_topics_with_revoked_and_assigned_notices() {
+    two_members_split(KafkaConsumer::new);
+}
+
+/// The same with the first member polling librdkafka on a thread of its own: its rebalances
+/// are served there, and reach its caller in the same order.
+#[test]
+fn a_prefetching_member_sees_the_same_rebalances() {
+    two_members_split(KafkaConsumer::new_prefetching);
+}
+
+fn two_members_split(make_a: fn(&KafkaConfig, &str, &[Topic]) -> Result<KafkaConsumer, BusError>) {
     let cfg = config();
     let group = unique("split");
     let subscribed = [topics::MARKET_FEED, topics::BARS];
     let every: BTreeSet<TopicPartition> = subscribed.iter().flat_map(|t| all_partitions(t)).collect();
-    let mut a = KafkaConsumer::new(&cfg, &group, &subscribed).unwrap();
+    let mut a = make_a(&cfg, &group, &subscribed).unwrap();
     let first: BTreeSet<TopicPartition> = await_assignment(&mut a).into_iter().collect();
     assert_eq!(first, every);
 
