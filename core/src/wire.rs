@@ -186,7 +186,21 @@ impl<'a> Reader<'a> {
         self.pos >= self.buf.len()
     }
 
+    /// Inlined for the one-byte case (every field key, most lengths); longer ones take the
+    /// loop out of line.
+    #[inline(always)]
     pub fn varint(&mut self) -> Result<u64, DecodeError> {
+        match self.buf.get(self.pos) {
+            Some(&b) if b < 0x80 => {
+                self.pos += 1;
+                Ok(b as u64)
+            }
+            _ => self.varint_long(),
+        }
+    }
+
+    #[inline(never)]
+    fn varint_long(&mut self) -> Result<u64, DecodeError> {
         let mut v: u64 = 0;
         for i in 0..10 {
             let b = *self.buf.get(self.pos).ok_or_else(|| invalid("truncated varint"))?;
@@ -209,6 +223,7 @@ impl<'a> Reader<'a> {
         Ok((field, (k & 7) as u32))
     }
 
+    #[inline]
     pub fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
         let n = self.varint()? as usize;
         let end = self
@@ -221,8 +236,16 @@ impl<'a> Reader<'a> {
         Ok(b)
     }
 
+    #[inline]
     pub fn str(&mut self) -> Result<&'a str, DecodeError> {
-        std::str::from_utf8(self.bytes()?).map_err(|_| invalid("string field is not UTF-8"))
+        let b = self.bytes()?;
+        // Ids, symbols and names are ASCII: one vectorised test instead of the UTF-8 state
+        // machine, which cost more than the rest of the string's decoding.
+        if b.is_ascii() {
+            // SAFETY: ASCII bytes are valid UTF-8.
+            return Ok(unsafe { std::str::from_utf8_unchecked(b) });
+        }
+        std::str::from_utf8(b).map_err(|_| invalid("string field is not UTF-8"))
     }
 
     /// Skips a field of an unknown number.
