@@ -6,12 +6,12 @@
 //! event's time, e.g. the risk state when a signal fired), or per-partition offsets
 //! (`signals/0:120,portfolio/0:8`: records before those offsets; unlisted partitions in full).
 
-use horizon_core::audit::Line;
+use horizon_core::audit::{verify, Line};
 use horizon_core::event::Event;
 use horizon_core::projections::{ProjectionService, Projections};
 use horizon_core::time::Timestamp;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct QueryArgs {
@@ -26,6 +26,10 @@ pub struct QueryArgs {
     /// A point in the past: an RFC 3339 time, an event id, or `topic/partition:offset,...`.
     #[arg(long, global = true)]
     pub at: Option<String>,
+    /// Answer even if the log's hash chain does not verify (by default such a log is refused,
+    /// naming its first altered, removed or inserted record).
+    #[arg(long, global = true)]
+    pub no_verify: bool,
 }
 
 #[derive(clap::Subcommand)]
@@ -67,10 +71,32 @@ enum Cut {
 pub fn run(args: QueryArgs) -> Result<(), String> {
     let log = args
         .log
+        .clone()
         .ok_or("--log PATH is required: the audit log to replay (horizon sim --out DIR writes DIR/audit.log)")?;
     let lines = crate::audit_cmd::read_log(&log)?;
+    // The hash chain is checked on a second thread while this one replays (`audit::verify` costs
+    // about as much as the replay itself), and no answer is printed from a log that fails it.
+    std::thread::scope(|scope| {
+        let verified = (!args.no_verify).then(|| scope.spawn(|| verify(lines.iter().map(|(n, l)| (*n, l)))));
+        let answer = answer(&args, &log, &lines);
+        if let Some(verified) = verified {
+            let report = verified.join().map_err(|_| "the hash chain check panicked".to_string())?;
+            report.map_err(|t| {
+                format!(
+                    "{}: {t}; no answer from a log whose hash chain does not verify (--no-verify answers anyway)",
+                    log.display()
+                )
+            })?;
+        }
+        println!("{}", serde_json::to_string_pretty(&answer?).map_err(|e| e.to_string())?);
+        Ok(())
+    })
+}
+
+/// The view as of the cut, replayed from the log's records.
+fn answer(args: &QueryArgs, log: &Path, lines: &[(usize, Line)]) -> Result<serde_json::Value, String> {
     let records: Vec<_> = lines
-        .into_iter()
+        .iter()
         .filter_map(|(_, l)| match l {
             Line::Record(r) => Some(r),
             Line::Seal(_) => None,
@@ -124,7 +150,7 @@ pub fn run(args: QueryArgs) -> Result<(), String> {
         },
     };
     let views = service.views(&projections);
-    let out = match args.view {
+    let out = match &args.view {
         View::Portfolio { series } => {
             let mut v = serde_json::to_value(&views.portfolios).map_err(|e| e.to_string())?;
             if !series {
@@ -148,7 +174,7 @@ pub fn run(args: QueryArgs) -> Result<(), String> {
         )
         .map_err(|e| e.to_string())?,
         View::Bars { symbol, interval, last } => {
-            let bars = projections.bars.get(&symbol).and_then(|m| m.get(&interval)).ok_or_else(|| {
+            let bars = projections.bars.get(symbol).and_then(|m| m.get(interval)).ok_or_else(|| {
                 let known: Vec<String> = projections
                     .bars
                     .iter()
@@ -161,17 +187,16 @@ pub fn run(args: QueryArgs) -> Result<(), String> {
         }
         View::Risk => serde_json::to_value(&views.risk).map_err(|e| e.to_string())?,
         View::Notifications { user } => {
-            serde_json::to_value(views.notifications.get(&user).cloned().unwrap_or_default()).map_err(|e| e.to_string())?
+            serde_json::to_value(views.notifications.get(user).cloned().unwrap_or_default()).map_err(|e| e.to_string())?
         }
         View::Event { id } => {
-            let chain = projections.causation_chain(&id);
+            let chain = projections.causation_chain(id);
             if chain.is_empty() {
                 return Err(format!("no event `{id}` in {} at that point", log.display()));
             }
-            let event = events.iter().find(|(_, _, e)| e.id == id).map(|(_, _, e)| e.clone());
+            let event = events.iter().find(|(_, _, e)| e.id == *id).map(|(_, _, e)| e.clone());
             serde_json::json!({"event": event, "causation_chain": chain.into_iter().map(|(id, a)| serde_json::json!({"id": id, "entry": a})).collect::<Vec<_>>()})
         }
     };
-    println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
-    Ok(())
+    Ok(out)
 }

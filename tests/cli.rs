@@ -122,6 +122,15 @@ fn sim_out_writes_an_audit_log_that_verifies_and_a_tampered_one_that_does_not() 
     let tampered = dir.join("tampered.log");
     std::fs::write(&tampered, lines.join("\n")).unwrap();
     assert_one_line_error(&horizon(&["audit", "verify", tampered.to_str().unwrap()]), &["line 10", "altered"]);
+    // A time-travel query refuses to answer from it, naming the same record, unless told to.
+    let refused = horizon(&["query", "risk", "--log", tampered.to_str().unwrap()]);
+    assert_one_line_error(&refused, &["line 10", "altered", "--no-verify"]);
+    assert!(
+        refused.stdout.is_empty(),
+        "no answer printed: {}",
+        String::from_utf8_lossy(&refused.stdout)
+    );
+    json(&horizon(&["query", "risk", "--log", tampered.to_str().unwrap(), "--no-verify"]));
 
     // Remove a record: named at the next record of its chain.
     let mut removed: Vec<String> = text.lines().map(str::to_string).collect();

@@ -174,8 +174,9 @@ pub struct VerifyReport {
     pub heads: BTreeMap<String, String>,
 }
 
-/// Verifies a log given as numbered lines (1-based), stopping at the first problem.
-pub fn verify<I: IntoIterator<Item = (usize, Line)>>(lines: I) -> Result<VerifyReport, Tamper> {
+/// Verifies a log given as numbered lines (1-based), owned or borrowed, stopping at the first
+/// problem.
+pub fn verify<L: std::borrow::Borrow<Line>, I: IntoIterator<Item = (usize, L)>>(lines: I) -> Result<VerifyReport, Tamper> {
     struct Head {
         topic: String,
         partition: u32,
@@ -189,9 +190,9 @@ pub fn verify<I: IntoIterator<Item = (usize, Line)>>(lines: I) -> Result<VerifyR
     let mut sealed = None;
     let mut total = 0;
     for (line, entry) in lines {
-        let r = match entry {
+        let r = match entry.borrow() {
             Line::Seal(s) => {
-                sealed = Some(s);
+                sealed = Some(s.clone());
                 continue;
             }
             Line::Record(r) if sealed.is_some() => {
