@@ -435,8 +435,8 @@ pub fn raw_roundtrip(config: &KafkaConfig, values: &[Vec<u8>]) -> Result<Through
 }
 
 /// `rebuild_from_topics`' figures. Each Kafka side has its whole time (from making its consumer
-/// to closing it: group join, first fetch and leaving the group included) and its data phase
-/// (first record to last), which is where processing can cost anything.
+/// to closing it: group join, first fetch and leaving the group included) and its data phase:
+/// the records after its first batch, from that batch's end to the last record.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RebuildFigures {
     /// A member of a group of its own reading every input record, no processing: the
@@ -470,11 +470,11 @@ pub fn rebuild_from_topics(scenario: &Scenario, config: &KafkaConfig) -> Result<
         }
     }
     let mut records = Vec::with_capacity(total as usize);
-    let mut first_record_after = None;
+    let mut first_batch: Option<(Instant, usize)> = None;
     while (records.len() as u64) < total {
         if let Polled::Records(got) = reader.poll(4096)? {
-            first_record_after.get_or_insert_with(|| start.elapsed());
             records.extend(got);
+            first_batch.get_or_insert_with(|| (Instant::now(), records.len()));
         }
         if start.elapsed() > Duration::from_secs(300) {
             return Err(BusError::Unavailable(format!(
@@ -483,12 +483,13 @@ pub fn rebuild_from_topics(scenario: &Scenario, config: &KafkaConfig) -> Result<
             )));
         }
     }
-    let caught_up_after = start.elapsed();
+    let read_data = first_batch.map_or(throughput(0, Duration::ZERO), |(at, n)| {
+        throughput((records.len() - n) as u64, at.elapsed())
+    });
     // The replica's clock includes leaving its group and closing its consumer (`build` drops
     // it before returning): so does this one.
     drop(reader);
     let read = throughput(records.len() as u64, start.elapsed());
-    let read_data = throughput(read.events, caught_up_after.saturating_sub(first_record_after.unwrap_or_default()));
     let start = Instant::now();
     let mut projections = Projections::default();
     for r in &records {
@@ -502,12 +503,7 @@ pub fn rebuild_from_topics(scenario: &Scenario, config: &KafkaConfig) -> Result<
     let start = Instant::now();
     let replica = crate::replica::build(scenario, config, &unique("rebuild"), Duration::from_secs(300))?;
     let rebuild = throughput(replica.records_read, start.elapsed());
-    let rebuild_data = throughput(
-        replica.records_read,
-        replica
-            .caught_up_after
-            .saturating_sub(replica.first_record_after.unwrap_or_default()),
-    );
+    let rebuild_data = throughput(replica.flowing.0, replica.flowing.1);
     Ok(RebuildFigures {
         read,
         read_data,

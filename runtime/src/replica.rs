@@ -20,10 +20,9 @@ pub struct Replica {
     /// Distinct events applied.
     pub events: u64,
     pub records_read: u64,
-    /// From the start of `build` to the first record applied (group join and first fetch), and
-    /// to caught up (the consumer is closed after that).
-    pub first_record_after: Option<Duration>,
-    pub caught_up_after: Duration,
+    /// While records flow: the records applied after the first batch, and the time from that
+    /// batch's end to caught up (no group join, no first fetch; the consumer's close follows).
+    pub flowing: (u64, Duration),
 }
 
 impl Replica {
@@ -61,7 +60,8 @@ pub fn build(scenario: &Scenario, config: &KafkaConfig, group_prefix: &str, time
     let mut applied = BTreeMap::new();
     let mut timing = StepTiming::default();
     let mut backoff = 0u32;
-    let mut first_record_after = None;
+    // When the first batch with records was applied, and how many records it had.
+    let mut first_batch: Option<(Instant, u64)> = None;
     loop {
         if Instant::now() >= deadline {
             return Err(BusError::Unavailable(format!("the replica did not catch up within {timeout:?}")));
@@ -69,8 +69,8 @@ pub fn build(scenario: &Scenario, config: &KafkaConfig, group_prefix: &str, time
         let mut tracking = Tracking::new(&mut consumer, &mut applied, &mut timing);
         match Stage::step(&mut pipeline.projections, &mut tracking, &mut producer, 8192)? {
             StepOutcome::Progress(n) => {
-                if n > 0 && first_record_after.is_none() {
-                    first_record_after = Some(start.elapsed());
+                if n > 0 && first_batch.is_none() {
+                    first_batch = Some((Instant::now(), n as u64));
                 }
                 backoff = 0;
             }
@@ -88,14 +88,14 @@ pub fn build(scenario: &Scenario, config: &KafkaConfig, group_prefix: &str, time
             break;
         }
     }
-    let caught_up_after = start.elapsed();
+    let records_read = pipeline.projections.stats.records_in;
+    let flowing = first_batch.map_or((0, Duration::ZERO), |(at, n)| (records_read - n, at.elapsed()));
     drop(consumer);
     Ok(Replica {
         events: pipeline.projections().map(|p| p.audit.len() as u64).unwrap_or(0),
-        records_read: pipeline.projections.stats.records_in,
+        records_read,
         pipeline,
-        first_record_after,
-        caught_up_after,
+        flowing,
     })
 }
 
