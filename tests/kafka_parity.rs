@@ -5,10 +5,8 @@
 //! stopped and restarted in the middle of the run, and with one node of a three-node cluster
 //! (replication factor 3, min.insync.replicas 2) SIGKILLed in the middle of the run.
 //!
-//! Each test gets a broker of its own (`scripts/kafka start --fresh` on a free port with its own
-//! `HORIZON_KAFKA_STATE` under the target dir, stopped and wiped at the end), so its topics hold
-//! exactly what the test published; the tests take turns. A broker that cannot be started fails
-//! the test (Java 17 and the cached Kafka jars are needed, as for every Kafka test here).
+//! Each test gets a broker of its own (`tests/broker`), so its topics hold exactly what the test
+//! published; the tests take turns.
 
 use horizon_core::bus::{Consumer, TopicPartition};
 use horizon_core::event::{Event, EventType};
@@ -23,109 +21,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+mod broker;
+use broker::{horizon, run_cli, Broker};
+
 const SCENARIO: &str = "chop";
+/// This binary's brokers' ports.
+const PORTS: std::ops::Range<u16> = 19600..19900;
 
 static TURN: Mutex<()> = Mutex::new(());
-
-fn horizon() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_horizon"))
-}
-
-fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka")
-}
-
-fn port_free(p: u16) -> bool {
-    TcpListener::bind(("127.0.0.1", p)).is_ok()
-}
-
-/// A broker (or a cluster of them) of this test's own; stopped and wiped on drop.
-struct Broker {
-    state: PathBuf,
-    port: u16,
-    bootstrap: String,
-}
-
-impl Broker {
-    fn start() -> Broker {
-        Broker::start_nodes(1)
-    }
-
-    /// `nodes` brokers (combined broker+controller) on ports `port..port+nodes`.
-    fn start_nodes(nodes: u16) -> Broker {
-        // Other test runs (another session's `cargo test`) may be starting brokers too: start
-        // from a port that depends on the process id, and move on when a start fails.
-        let offset = (std::process::id() as usize % 40) * 7;
-        let mut failures = Vec::new();
-        for port in (19600..19900).step_by(7).cycle().skip(offset / 7).take(40) {
-            if !(0..nodes).all(|n| port_free(port + n) && port_free(port + 100 + n)) {
-                continue;
-            }
-            let state = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kafka-parity-{port}"));
-            let mut b = Broker {
-                state,
-                port,
-                bootstrap: String::new(),
-            };
-            match b.try_script(&["start", "--fresh", "--nodes", &nodes.to_string(), "--port", &port.to_string()]) {
-                Ok(bootstrap) => {
-                    b.bootstrap = bootstrap;
-                    return b;
-                }
-                Err(e) => failures.push(e),
-            }
-            if failures.len() >= 3 {
-                break;
-            }
-        }
-        panic!("could not start a test broker:\n{}", failures.join("\n"));
-    }
-
-    fn try_script(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("bash")
-            .arg(script())
-            .args(args)
-            .env("HORIZON_KAFKA_STATE", &self.state)
-            .env_remove("HORIZON_KAFKA_BOOTSTRAP")
-            .output()
-            .expect("run scripts/kafka");
-        if !out.status.success() {
-            return Err(format!(
-                "scripts/kafka {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .trim()
-            .to_string())
-    }
-
-    fn script(&self, args: &[&str]) -> String {
-        self.try_script(args).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// Stops the broker, keeping its data, and starts it again after `down`.
-    fn restart(&self, down: Duration) {
-        self.script(&["stop"]);
-        std::thread::sleep(down);
-        self.script(&["start", "--port", &self.port.to_string()]);
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(script())
-            .arg("clean")
-            .env("HORIZON_KAFKA_STATE", &self.state)
-            .env_remove("HORIZON_KAFKA_BOOTSTRAP")
-            .output();
-    }
-}
 
 /// What `horizon sim` says about the scenario.
 struct Reference {
@@ -144,17 +47,6 @@ fn reference() -> Reference {
         events: events_by_type.values().sum(),
         events_by_type,
     }
-}
-
-fn run_cli(args: &[&str]) -> String {
-    let out = horizon().args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "horizon {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A `horizon run` child process with its query API.
@@ -332,7 +224,7 @@ fn check_topics_against(reference: &Reference, bootstrap: &str) {
 fn a_scenario_fed_through_kafka_gives_the_simulators_projections() {
     let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
     let want = reference();
-    let broker = Broker::start();
+    let broker = Broker::start("parity", PORTS);
     run_cli(&["topics", "create", "--brokers", &broker.bootstrap]);
     let service = Service::start(&broker, "one", "parity-a");
     await_ok(feed(&broker, None), "horizon feed");
@@ -359,7 +251,7 @@ fn a_scenario_fed_through_kafka_gives_the_simulators_projections() {
 fn two_processes_in_one_group_one_killed_midway_and_restarted_give_the_same_projections() {
     let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
     let want = reference();
-    let broker = Broker::start();
+    let broker = Broker::start("parity", PORTS);
     run_cli(&["topics", "create", "--brokers", &broker.bootstrap]);
     let a = Service::start(&broker, "a", "parity-b");
     let b = Service::start(&broker, "b", "parity-b");
@@ -394,7 +286,7 @@ fn two_processes_in_one_group_one_killed_midway_and_restarted_give_the_same_proj
 fn the_broker_stopped_and_restarted_midway_the_run_completes_with_the_same_projections() {
     let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
     let want = reference();
-    let broker = Broker::start();
+    let broker = Broker::start("parity", PORTS);
     run_cli(&["topics", "create", "--brokers", &broker.bootstrap]);
     let service = Service::start(&broker, "through-restart", "parity-c");
     let feeding = feed(&broker, Some("10000/s"));
@@ -417,7 +309,7 @@ fn the_broker_stopped_and_restarted_midway_the_run_completes_with_the_same_proje
 fn a_node_of_three_killed_midway_the_run_completes_with_the_same_projections() {
     let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
     let want = reference();
-    let cluster = Broker::start_nodes(3);
+    let cluster = Broker::start_nodes("parity", PORTS, 3);
     run_cli(&[
         "topics",
         "create",

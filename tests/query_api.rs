@@ -1,5 +1,5 @@
 //! The query API of `horizon run --http`, over real HTTP against a deployment on a real broker
-//! of this test's own (`scripts/kafka`, as in tests/kafka_parity.rs): every endpoint answers,
+//! of this test's own (`tests/broker`, as in tests/kafka_parity.rs): every endpoint answers,
 //! errors are JSON naming what is wrong, every answer carries the offsets it reflects, a request
 //! can wait for offsets (read-your-writes), /metrics is Prometheus text, /openapi.json matches the
 //! routes. Then: `horizon audit verify --brokers` chains the live topics and exports a log that
@@ -14,90 +14,29 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
+
+mod broker;
+use broker::{horizon, run_cli, Broker};
 
 const SCENARIO: &str = "chop";
 const CLIENT_PROPERTIES: &str =
     "session.timeout.ms=6000\nheartbeat.interval.ms=500\nreconnect.backoff.ms=50\nreconnect.backoff.max.ms=500\n";
 
-fn horizon() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_horizon"))
+/// A broker of this test's own, with client properties that notice a lost member quickly.
+fn start_broker() -> Broker {
+    let b = Broker::start("query", 19903..20200);
+    std::fs::write(properties(&b), CLIENT_PROPERTIES).unwrap();
+    b
 }
 
-fn port_free(p: u16) -> bool {
-    TcpListener::bind(("127.0.0.1", p)).is_ok()
-}
-
-struct Broker {
-    state: PathBuf,
-    bootstrap: String,
-}
-
-impl Broker {
-    fn start() -> Broker {
-        let offset = (std::process::id() as usize % 40) * 7;
-        let mut failures = Vec::new();
-        for port in (19903..20200).step_by(7).cycle().skip(offset / 7).take(40) {
-            if !(port_free(port) && port_free(port + 100)) {
-                continue;
-            }
-            let state = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kafka-query-{port}"));
-            let out = Command::new("bash")
-                .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka"))
-                .args(["start", "--fresh", "--port", &port.to_string()])
-                .env("HORIZON_KAFKA_STATE", &state)
-                .env_remove("HORIZON_KAFKA_BOOTSTRAP")
-                .output()
-                .expect("run scripts/kafka");
-            if out.status.success() {
-                let bootstrap = String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .last()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string();
-                let b = Broker { state, bootstrap };
-                std::fs::write(b.properties(), CLIENT_PROPERTIES).unwrap();
-                return b;
-            }
-            failures.push(String::from_utf8_lossy(&out.stderr).into_owned());
-            if failures.len() >= 3 {
-                break;
-            }
-        }
-        panic!("could not start a test broker:\n{}", failures.join("\n"));
-    }
-
-    fn properties(&self) -> PathBuf {
-        self.state.with_extension("client.properties")
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka"))
-            .arg("clean")
-            .env("HORIZON_KAFKA_STATE", &self.state)
-            .env_remove("HORIZON_KAFKA_BOOTSTRAP")
-            .output();
-    }
-}
-
-fn cli(args: &[&str]) -> String {
-    let out = horizon().args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "horizon {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+fn properties(broker: &Broker) -> PathBuf {
+    broker.state.with_extension("client.properties")
 }
 
 fn sim_digests() -> Value {
-    let v: Value = serde_json::from_str(&cli(&["sim", SCENARIO, "--json"])).unwrap();
+    let v: Value = serde_json::from_str(&run_cli(&["sim", SCENARIO, "--json"])).unwrap();
     v["digests"].clone()
 }
 
@@ -114,7 +53,7 @@ impl Service {
         let child = horizon()
             .args(["run", "--brokers", &broker.bootstrap, "--scenario", SCENARIO])
             .arg("--config")
-            .arg(broker.properties())
+            .arg(properties(broker))
             .args(["--http", &format!("127.0.0.1:{port}")])
             .args(extra)
             .stdout(Stdio::null())
@@ -228,7 +167,7 @@ fn feed(broker: &Broker, rate: Option<&str>) -> Child {
     let mut cmd = horizon();
     cmd.args(["feed", SCENARIO, "--brokers", &broker.bootstrap])
         .arg("--config")
-        .arg(broker.properties());
+        .arg(properties(broker));
     if let Some(r) = rate {
         cmd.args(["--rate", r]);
     }
@@ -257,8 +196,8 @@ fn market_feed_ends(broker: &Broker) -> BTreeMap<String, u64> {
 fn the_query_api_on_a_real_broker_then_audit_export_then_snapshot_restart() {
     let t0 = Instant::now();
     let want = sim_digests();
-    let broker = Broker::start();
-    cli(&["topics", "create", "--brokers", &broker.bootstrap]);
+    let broker = start_broker();
+    run_cli(&["topics", "create", "--brokers", &broker.bootstrap]);
     let state_dir = broker.state.with_extension("state");
     let _ = std::fs::remove_dir_all(&state_dir);
     let snap_args = [
@@ -510,7 +449,7 @@ fn the_query_api_on_a_real_broker_then_audit_export_then_snapshot_restart() {
 
     // The audit trail of the live deployment, chained and exported, then verified offline.
     let export = broker.state.with_extension("audit.log");
-    let out = cli(&[
+    let out = run_cli(&[
         "audit",
         "verify",
         "--brokers",
@@ -520,7 +459,7 @@ fn the_query_api_on_a_real_broker_then_audit_export_then_snapshot_restart() {
         "--json",
     ]);
     let live: Value = serde_json::from_str(&out).unwrap();
-    let offline: Value = serde_json::from_str(&cli(&["audit", "verify", export.to_str().unwrap(), "--json"])).unwrap();
+    let offline: Value = serde_json::from_str(&run_cli(&["audit", "verify", export.to_str().unwrap(), "--json"])).unwrap();
     assert_eq!(live["records"], offline["records"]);
     let heads = live["heads"].as_object().unwrap();
     assert!(
