@@ -1068,6 +1068,31 @@ mod tests {
     }
 
     #[test]
+    fn an_id_is_held_as_16_bytes_only_when_it_is_32_lowercase_hex_digits() {
+        let hex = "0123456789abcdef0123456789abcdef";
+        let EventId::Hex16(raw) = EventId::new(hex) else {
+            panic!("{hex} is hex")
+        };
+        assert_eq!(raw[0], 0x01);
+        assert_eq!(raw[15], 0xef);
+        assert_eq!(EventId::new(hex).text().as_str(), hex);
+        // Every position, with the bytes either side of each digit range and a non-ASCII one.
+        for at in 0..32 {
+            for bad in ['/', ':', '`', 'g', 'A', 'F', ' '] {
+                let mut id: Vec<char> = hex.chars().collect();
+                id[at] = bad;
+                let id: String = id.into_iter().collect();
+                assert_eq!(EventId::new(&id), EventId::Text(id.clone().into()), "{id}");
+            }
+        }
+        let accented = "é123456789abcdef0123456789abcde";
+        assert_eq!(EventId::new(accented), EventId::Text(accented.into()));
+        assert_eq!(EventId::new(""), EventId::Text("".into()));
+        assert_ne!(EventId::new(""), EventId::new("a"));
+        assert_ne!(EventId::new("ab"), EventId::new("ac"));
+    }
+
+    #[test]
     fn the_audit_trail_gives_back_every_entry_as_applied() {
         let events = events();
         let p = applied(&events);

@@ -431,6 +431,24 @@ mod tests {
     use prost::Message;
 
     #[test]
+    fn a_string_field_is_utf8_ascii_or_not_and_anything_else_is_refused() {
+        let field = |bytes: &[u8]| {
+            let mut b = Vec::new();
+            put_varint(&mut b, bytes.len() as u64);
+            b.extend_from_slice(bytes);
+            b
+        };
+        for text in ["BTCUSDT", "", "café ₿", "数据"] {
+            assert_eq!(Reader::new(&field(text.as_bytes())).str().unwrap(), text);
+        }
+        for bad in [&b"\xff"[..], b"caf\xc3", b"\xc3\x28", b"ok\x80ok"] {
+            assert!(Reader::new(&field(bad)).str().is_err(), "{bad:?}");
+        }
+        // A truncated length-delimited field is refused before its bytes are looked at.
+        assert!(Reader::new(&[5, b'a', b'b']).str().is_err());
+    }
+
+    #[test]
     fn varint_lengths() {
         for v in [0u64, 1, 127, 128, 16_383, 16_384, u32::MAX as u64, u64::MAX] {
             let mut b = Vec::new();
