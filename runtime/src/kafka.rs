@@ -673,7 +673,8 @@ enum Source {
 struct Prefetch {
     inbox: Inbox,
     chunks: Option<Receiver<Result<Vec<Item>, BusError>>>,
-    stop: Arc<AtomicBool>,
+    /// Tells an idle thread (nothing to send, so it never sees the channel close) to end.
+    stopping: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -686,13 +687,13 @@ const PREFETCH_WAIT: Duration = Duration::from_millis(10);
 impl Prefetch {
     fn start(mut intake: Intake) -> Result<Prefetch, BusError> {
         let (send, chunks) = sync_channel(PREFETCH_CHUNKS);
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let told = stopping.clone();
         let thread = std::thread::Builder::new()
             .name(format!("prefetch {}", intake.group))
             .spawn(move || {
                 let mut inbox = Inbox::default();
-                while !stopping.load(Ordering::Relaxed) {
+                while !told.load(Ordering::Relaxed) {
                     let filled = fill(&mut inbox, PREFETCH_CHUNK, PREFETCH_WAIT, Duration::ZERO, |inbox, timeout| {
                         intake.pull(inbox, PREFETCH_CHUNK, timeout)
                     });
@@ -711,15 +712,16 @@ impl Prefetch {
         Ok(Prefetch {
             inbox: Inbox::default(),
             chunks: Some(chunks),
-            stop,
+            stopping,
             thread: Some(thread),
         })
     }
 
     /// What the thread has handed over within `timeout`, into `inbox`.
     fn receive(chunks: &Option<Receiver<Result<Vec<Item>, BusError>>>, inbox: &mut Inbox, timeout: Duration) -> Pulled {
+        let stopped = || Pulled::Failed(BusError::Fatal("the consumer's prefetch thread has stopped".into()));
         let Some(chunks) = chunks else {
-            return Pulled::Failed(BusError::Fatal("the consumer's prefetch thread has stopped".into()));
+            return stopped();
         };
         match chunks.recv_timeout(timeout) {
             Ok(Ok(items)) => {
@@ -730,13 +732,13 @@ impl Prefetch {
             }
             Ok(Err(e)) => Pulled::Failed(e),
             Err(RecvTimeoutError::Timeout) => Pulled::Nothing,
-            Err(RecvTimeoutError::Disconnected) => Pulled::Failed(BusError::Fatal("the consumer's prefetch thread has stopped".into())),
+            Err(RecvTimeoutError::Disconnected) => stopped(),
         }
     }
 
     /// Stops and joins the thread; idempotent.
     fn stop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stopping.store(true, Ordering::Relaxed);
         // Unblocks a thread waiting for room in the channel.
         self.chunks = None;
         if let Some(thread) = self.thread.take() {
@@ -753,6 +755,7 @@ impl Drop for Prefetch {
 
 impl Drop for KafkaConsumer {
     fn drop(&mut self) {
+        // The prefetch thread first: the close below must be the only poll of the consumer.
         if let Source::Prefetched(prefetch) = &mut self.source {
             prefetch.stop();
         }
