@@ -68,8 +68,22 @@ pub enum BusError {
     NotAssigned(String),
     #[error("unknown topic `{0}`")]
     UnknownTopic(String),
+    /// The broker refused records for good (too large, invalid, not authorised for their topic):
+    /// sending them again fails the same way. From `send`, the one record it was given (index
+    /// 0), which was not enqueued; from `flush`, the records sent since the previous flush that
+    /// were refused, by their index among those sends, every other one being acknowledged.
+    #[error("{} record(s) refused for good (first: {})", .0.len(), .0.first().map(|r| r.reason.as_str()).unwrap_or(""))]
+    Refused(Vec<RefusedRecord>),
     #[error("{0}")]
     Fatal(String),
+}
+
+/// One record that the broker will never accept, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedRecord {
+    /// Position among the records sent since the previous flush (0 for a refused `send`).
+    pub index: usize,
+    pub reason: String,
 }
 
 impl BusError {
@@ -80,6 +94,8 @@ impl BusError {
 
 /// Publishes records. `send` may buffer; `flush` returns once every record sent so far is
 /// acknowledged by the broker, and fails if any could not be (then the caller sends them again).
+/// A record the broker refuses for good is reported as `BusError::Refused` (by `send` at once,
+/// or by `flush`), never as `Unavailable`: retrying it would wedge the caller.
 pub trait Producer {
     fn send(&mut self, topic: Topic, partition: u32, key: &[u8], value: &[u8]) -> Result<(), BusError>;
     fn flush(&mut self) -> Result<(), BusError>;

@@ -307,6 +307,22 @@ mod tests {
     }
 
     #[test]
+    fn every_topic_has_one_owner_that_consumes_it_and_the_replica_dead_letters_only_there() {
+        // The stage a topic names as its owner consumes it, and it is the first stage in flow
+        // order that does; the read replica owns only what no other stage reads.
+        let mut p = Pipeline::new(&scenario());
+        let stages: Vec<(&'static str, &'static [Topic])> = p.stages().iter().map(|s| (s.name(), s.inputs())).collect();
+        for spec in crate::topics::ALL.iter().filter(|t| t.name != crate::topics::DEADLETTER) {
+            let first = stages.iter().find(|(_, inputs)| inputs.contains(&spec.name)).map(|(n, _)| *n);
+            assert_eq!(first, Some(spec.owner), "{}", spec.name);
+        }
+        use crate::service::Service;
+        let replica = p.projections.service();
+        let owned: Vec<&str> = replica.inputs().iter().copied().filter(|t| replica.dead_letters(t)).collect();
+        assert_eq!(owned, [crate::topics::RISK, crate::topics::PORTFOLIO, crate::topics::NOTIFICATIONS]);
+    }
+
+    #[test]
     fn snapshot_plus_tail_recovers_exactly_what_a_full_replay_does() {
         let s = scenario();
         let events: Vec<Event> = MarketGenerator::new(&s, s.seed).unwrap().map(crate::feed::trade_event).collect();

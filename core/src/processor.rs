@@ -10,7 +10,7 @@
 //! unavailable it reports `Retry` and its driver waits (virtual time in the simulator, a real
 //! backoff in production), then calls `step` again to resend what is pending.
 
-use crate::bus::{partition_for, BusError, Consumer, Polled, Producer, Record, Topic, TopicPartition};
+use crate::bus::{partition_for, BusError, Consumer, Polled, Producer, Record, RefusedRecord, Topic, TopicPartition};
 use crate::event::{Event, EventType};
 use crate::service::{Output, Service};
 use crate::topics;
@@ -22,12 +22,24 @@ use std::collections::BTreeMap;
 /// Records fetched per read while restoring a task.
 const RESTORE_CHUNK: u64 = 4096;
 
+/// The most of an original record a dead letter carries. A dead letter must never be refused for
+/// its own size (Kafka's default `message.max.bytes` is ~1 MB, librdkafka's producer
+/// `message.max.bytes` 1,000,000): a larger original is cut to this prefix, and the letter says
+/// its whole size, its blake3 hash and its source offset, where the rest can be fetched.
+pub const DEAD_LETTER_ORIGINAL_BYTES_MAX: usize = 64 * 1024;
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
     pub records_in: u64,
     pub events_in: BTreeMap<EventType, u64>,
     pub outputs: u64,
     pub dead_letters: u64,
+    /// Outputs the broker refused for good, each dead-lettered in its place (included in
+    /// `dead_letters`).
+    pub outputs_refused: u64,
+    /// Records that did not decode on a topic another stage owns (`Service::dead_letters`): counted
+    /// here, dead-lettered by the owner only.
+    pub undecodable_skipped: u64,
     pub restored_records: u64,
     pub snapshots_used: u64,
     pub snapshots_discarded: u64,
@@ -51,6 +63,26 @@ struct PendingRecord {
     partition: u32,
     key: Bytes,
     value: Bytes,
+    /// The input whose handling produced it, named by a dead letter if it is refused.
+    cause: Source,
+}
+
+/// A consumed record's place in the log.
+#[derive(Clone, Copy)]
+struct Source {
+    topic: Topic,
+    partition: u32,
+    offset: u64,
+}
+
+impl Source {
+    fn of(r: &Record) -> Source {
+        Source {
+            topic: r.topic,
+            partition: r.partition,
+            offset: r.offset,
+        }
+    }
 }
 
 struct Task<St> {
@@ -225,8 +257,12 @@ impl<S: Service> Processor<S> {
         self.to_commit.insert(tp, r.offset + 1);
         let event = match Event::decode(&r.value) {
             Ok(e) => e,
-            Err(e) => {
-                self.dead_letter(r, &e.to_string(), "");
+            Err(e) if self.service.dead_letters(r.topic) => {
+                self.dead_letter(Source::of(r), "", &e.to_string(), &r.value, None);
+                return;
+            }
+            Err(_) => {
+                self.stats.undecodable_skipped += 1;
                 return;
             }
         };
@@ -241,53 +277,115 @@ impl<S: Service> Processor<S> {
                         partition,
                         key: Bytes::from(o.key.into_bytes()),
                         value: Bytes::from(o.event.encode()),
+                        cause: Source::of(r),
                     });
                     self.stats.outputs += 1;
                 }
             }
             Err(rejection) => {
-                let id = event.id.clone();
-                self.dead_letter(r, &rejection.0, &id);
+                self.dead_letter(Source::of(r), &event.id, &rejection.0, &r.value, None);
             }
         }
     }
 
-    fn dead_letter(&mut self, r: &Record, reason: &str, event_id: &str) {
+    /// Queues a dead letter for `original` (carrying `event_id` if it decoded), which came from
+    /// `source`; `refused` names the topic and partition that refused it when it is an output
+    /// the broker would not take.
+    fn dead_letter(&mut self, source: Source, event_id: &str, reason: &str, original: &Bytes, refused: Option<(Topic, u32)>) {
         self.stats.dead_letters += 1;
+        let (refused_topic, refused_partition) = refused.map_or((String::new(), 0), |(t, p)| (t.to_string(), p));
         let letter = pb::DeadLetter {
             reason: reason.to_string(),
-            original: r.value.clone(),
-            source_topic: r.topic.to_string(),
-            source_partition: r.partition,
-            source_offset: r.offset,
+            original: original.slice(..original.len().min(DEAD_LETTER_ORIGINAL_BYTES_MAX)),
+            source_topic: source.topic.to_string(),
+            source_partition: source.partition,
+            source_offset: source.offset,
             service: self.service.name().to_string(),
             event_id: event_id.to_string(),
+            original_size: original.len() as u64,
+            original_blake3: Bytes::copy_from_slice(blake3::hash(original).as_bytes()),
+            refused_topic,
+            refused_partition,
         };
-        let key = format!("{}/{}/{}", r.topic, r.partition, r.offset);
+        let mut key = format!("{}/{}/{}", source.topic, source.partition, source.offset);
+        if let Some((t, p)) = refused {
+            key.push_str(&format!(" -> {t}/{p}"));
+        }
         let partition = partition_for(key.as_bytes(), topics::partitions(topics::DEADLETTER));
         self.pending.push(PendingRecord {
             topic: topics::DEADLETTER,
             partition,
             key: Bytes::from(key.into_bytes()),
             value: Bytes::from(letter.encode_to_vec()),
+            cause: source,
         });
     }
 
-    /// Publishes what is pending, waits for acknowledgement, then commits.
+    /// Publishes what is pending, waits for acknowledgement, then commits. A record the broker
+    /// refuses for good is replaced by a dead letter saying why, and the rest goes on: an
+    /// output that can never be published must not hold its stage (nor its input's commit).
     fn settle<C: Consumer + ?Sized, P: Producer + ?Sized>(&mut self, consumer: &mut C, producer: &mut P) -> Result<(), BusError> {
-        if !self.pending.is_empty() {
-            let sent = self
-                .pending
-                .iter()
-                .try_for_each(|p| producer.send(p.topic, p.partition, &p.key, &p.value))
-                .and_then(|()| producer.flush());
-            if let Err(e) = sent {
-                // Everything is sent again on the next attempt; consumers drop duplicates by id.
-                self.stats.publish_retries += 1;
-                return Err(e);
+        // Each round either publishes everything or turns at least one refused record into a
+        // dead letter (a letter is never refused for its size), so this ends.
+        while !self.pending.is_empty() {
+            let mut refused: Vec<RefusedRecord> = Vec::new();
+            // Positions in `pending` of the records `flush` reports on, in send order.
+            let mut sent: Vec<usize> = Vec::with_capacity(self.pending.len());
+            for (i, p) in self.pending.iter().enumerate() {
+                match producer.send(p.topic, p.partition, &p.key, &p.value) {
+                    Ok(()) => sent.push(i),
+                    Err(BusError::Refused(r)) => refused.extend(r.into_iter().map(|r| RefusedRecord { index: i, ..r })),
+                    Err(e) => return self.publish_failed(e),
+                }
             }
-            self.pending.clear();
+            match producer.flush() {
+                Ok(()) => {}
+                Err(BusError::Refused(r)) => {
+                    let many = r.len() > 1;
+                    for r in r {
+                        let index = *sent
+                            .get(r.index)
+                            .ok_or_else(|| BusError::Fatal(format!("the producer refused a record it was not sent: {}", r.reason)))?;
+                        // A broker judges a whole batch (Kafka's `max.message.bytes` is a batch
+                        // limit): when several were refused together, each is sent alone for a
+                        // verdict of its own, so no good record is dead-lettered with a bad one.
+                        if many {
+                            let p = &self.pending[index];
+                            match producer
+                                .send(p.topic, p.partition, &p.key, &p.value)
+                                .and_then(|()| producer.flush())
+                            {
+                                Ok(()) => continue,
+                                Err(BusError::Refused(alone)) => {
+                                    let reason = alone.into_iter().next().map_or(r.reason, |a| a.reason);
+                                    refused.push(RefusedRecord { index, reason });
+                                    continue;
+                                }
+                                Err(e) => return self.publish_failed(e),
+                            }
+                        }
+                        refused.push(RefusedRecord { index, ..r });
+                    }
+                }
+                Err(e) => return self.publish_failed(e),
+            }
+            if refused.is_empty() {
+                break;
+            }
+            // Every other record is acknowledged: what is left to publish is the letters.
+            let done = std::mem::take(&mut self.pending);
+            for r in refused {
+                let p = &done[r.index];
+                if p.topic == topics::DEADLETTER {
+                    return Err(BusError::Fatal(format!("a dead letter was refused: {}", r.reason)));
+                }
+                self.stats.outputs_refused += 1;
+                let reason = format!("output refused by {}/{}: {}", p.topic, p.partition, r.reason);
+                let event_id = Event::decode(&p.value).map(|e| e.id).unwrap_or_default();
+                self.dead_letter(p.cause, &event_id, &reason, &p.value, Some((p.topic, p.partition)));
+            }
         }
+        self.pending.clear();
         if !self.to_commit.is_empty() {
             let offsets: Vec<(TopicPartition, u64)> = self.to_commit.iter().map(|(tp, o)| (*tp, *o)).collect();
             match consumer.commit(&offsets) {
@@ -380,6 +478,14 @@ impl<S: Service> Processor<S> {
                 }
             }
         }
+    }
+}
+
+impl<S: Service> Processor<S> {
+    fn publish_failed(&mut self, e: BusError) -> Result<(), BusError> {
+        // Everything is sent again on the next attempt; consumers drop duplicates by id.
+        self.stats.publish_retries += 1;
+        Err(e)
     }
 }
 
@@ -560,5 +666,248 @@ mod tests {
             reasons[1].starts_with("schema version 3 is newer than this build understands (2)"),
             "{reasons:?}"
         );
+    }
+
+    /// Publishes every trade it is given to `market.bars` as it is, so an output is as large as
+    /// its input.
+    struct Echo;
+
+    impl Service for Echo {
+        type State = ();
+        fn name(&self) -> &'static str {
+            "echo"
+        }
+        fn inputs(&self) -> &'static [Topic] {
+            &[topics::MARKET_FEED]
+        }
+        fn handle(&self, _state: &mut (), event: &Event, out: &mut Vec<crate::service::Output>) -> Result<(), crate::service::Rejection> {
+            out.push(crate::service::Output {
+                topic: topics::BARS,
+                key: event.aggregate_id.clone(),
+                event: event.clone(),
+            });
+            Ok(())
+        }
+    }
+
+    /// A broker that refuses records over `bytes_max` for good, as Kafka does over
+    /// `message.max.bytes`: at `send` (librdkafka's own check), or in `flush`'s delivery reports
+    /// (the broker's).
+    struct SizeLimited {
+        inner: crate::memory::MemoryProducer,
+        bytes_max: usize,
+        at_flush: bool,
+        /// At flush, refuse every record sent with a large one (without appending them).
+        whole_batch: bool,
+        sent: usize,
+        refused: Vec<RefusedRecord>,
+        /// With `whole_batch`, what this batch would append if none of it is refused.
+        held: Vec<(Topic, u32, Vec<u8>, Vec<u8>)>,
+    }
+
+    impl Producer for SizeLimited {
+        fn send(&mut self, topic: Topic, partition: u32, key: &[u8], value: &[u8]) -> Result<(), BusError> {
+            if value.len() > self.bytes_max {
+                let reason = format!("{} bytes is over {}", value.len(), self.bytes_max);
+                if !self.at_flush {
+                    return Err(BusError::Refused(vec![RefusedRecord { index: 0, reason }]));
+                }
+                self.refused.push(RefusedRecord { index: self.sent, reason });
+            } else if !self.whole_batch {
+                self.inner.send(topic, partition, key, value)?;
+            } else {
+                self.held.push((topic, partition, key.to_vec(), value.to_vec()));
+            }
+            self.sent += 1;
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<(), BusError> {
+            let sent = std::mem::take(&mut self.sent);
+            let held = std::mem::take(&mut self.held);
+            if self.refused.is_empty() {
+                for (topic, partition, key, value) in held {
+                    self.inner.send(topic, partition, &key, &value)?;
+                }
+            }
+            self.inner.flush()?;
+            match std::mem::take(&mut self.refused) {
+                r if r.is_empty() => Ok(()),
+                // As Kafka's broker does: the whole batch is refused with its large record.
+                r if self.whole_batch => Err(BusError::Refused(
+                    (0..sent)
+                        .map(|index| RefusedRecord {
+                            index,
+                            reason: r[0].reason.clone(),
+                        })
+                        .collect(),
+                )),
+                r => Err(BusError::Refused(r)),
+            }
+        }
+    }
+
+    fn trade_with_id(id: &str) -> Vec<u8> {
+        crate::feed::trade_event(Trade {
+            symbol: "BTCUSDT".into(),
+            exchange: "SIM".into(),
+            trade_id: id.into(),
+            price: Fixed::from_int(100),
+            quantity: Fixed::ONE,
+            aggressor_side: Side::Buy,
+            ts_exchange: Timestamp::from_millis(1),
+        })
+        .encode()
+    }
+
+    fn read_topic(bus: &MemoryBus, topic: Topic) -> Vec<Record> {
+        let broker = bus.broker();
+        broker
+            .all_partitions()
+            .into_iter()
+            .filter(|tp| tp.topic == topic)
+            .flat_map(|tp| broker.read(tp, 0, broker.end_offset(tp)))
+            .collect()
+    }
+
+    #[test]
+    fn an_output_the_broker_refuses_for_good_is_dead_lettered_and_the_stage_moves_on() {
+        for (at_flush, whole_batch) in [(false, false), (true, false), (true, true)] {
+            // Given a small trade, one whose output is over the broker's limit, and a small one
+            let bus = MemoryBus::new();
+            let mut feed = bus.producer();
+            let huge_id = "x".repeat(200 * 1024);
+            let inputs = [trade_with_id("1"), trade_with_id(&huge_id), trade_with_id("3")];
+            for r in &inputs {
+                feed.send(topics::MARKET_FEED, 0, b"k", r).unwrap();
+            }
+            let mut producer = SizeLimited {
+                inner: bus.producer(),
+                bytes_max: 100 * 1024,
+                at_flush,
+                whole_batch,
+                sent: 0,
+                refused: Vec::new(),
+                held: Vec::new(),
+            };
+            // When the stage runs until it is idle
+            let mut p = Processor::new(Echo);
+            let mut c = bus.consumer("g", "a", &[topics::MARKET_FEED]);
+            let mut steps = 0;
+            while p.step(&mut c, &mut producer, 100).unwrap() != StepOutcome::Idle {
+                steps += 1;
+                assert!(steps < 100, "the stage never went idle");
+            }
+            // Then the two small outputs are published, the refused one is a dead letter in its
+            // place, and every input is committed
+            let published: Vec<Vec<u8>> = read_topic(&bus, topics::BARS).into_iter().map(|r| r.value.to_vec()).collect();
+            assert_eq!(published, vec![inputs[0].clone(), inputs[2].clone()], "at_flush {at_flush}");
+            let letters: Vec<pb::DeadLetter> = read_topic(&bus, topics::DEADLETTER)
+                .iter()
+                .map(|r| decode_dead_letter(&r.value).unwrap())
+                .collect();
+            assert_eq!(letters.len(), 1, "at_flush {at_flush}: {letters:?}");
+            let d = &letters[0];
+            let refused_partition = partition_for(b"BTCUSDT", topics::partitions(topics::BARS));
+            assert!(
+                d.reason
+                    .starts_with(&format!("output refused by market.bars/{refused_partition}: ")),
+                "{}",
+                d.reason
+            );
+            assert_eq!((d.refused_topic.as_str(), d.refused_partition), ("market.bars", refused_partition));
+            assert_eq!(
+                (d.source_topic.as_str(), d.source_partition, d.source_offset),
+                ("market.feed", 0, 1)
+            );
+            assert_eq!(d.event_id, Event::decode(&inputs[1]).unwrap().id);
+            assert_eq!(d.original_size, inputs[1].len() as u64);
+            assert_eq!(&d.original[..], &inputs[1][..DEAD_LETTER_ORIGINAL_BYTES_MAX]);
+            assert_eq!(&d.original_blake3[..], blake3::hash(&inputs[1]).as_bytes());
+            assert!(p.is_settled());
+            assert_eq!(p.stats.outputs_refused, 1);
+            assert_eq!(p.stats.dead_letters, 1);
+            let tp = TopicPartition {
+                topic: topics::MARKET_FEED,
+                partition: 0,
+            };
+            assert_eq!(c.committed(tp).unwrap(), 3);
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_carries_a_bounded_prefix_of_a_large_original_with_its_size_and_hash() {
+        // Given a record of 1 MB that does not decode, and a small one that does not either
+        let bus = MemoryBus::new();
+        let mut producer = bus.producer();
+        let large = vec![0xff_u8; 1_000_000];
+        let small = vec![0xff_u8; 10];
+        producer.send(topics::MARKET_FEED, 0, b"k", &large).unwrap();
+        producer.send(topics::MARKET_FEED, 0, b"k", &small).unwrap();
+        // When they are processed
+        let mut p = Processor::new(Count);
+        let mut c = bus.consumer("g", "a", &[topics::MARKET_FEED]);
+        while p.step(&mut c, &mut producer, 100).unwrap() != StepOutcome::Idle {}
+        // Then the large one's letter holds its first 64 KiB, its size and its hash, and the
+        // small one's all of it
+        let letters: Vec<pb::DeadLetter> = read_topic(&bus, topics::DEADLETTER)
+            .iter()
+            .map(|r| decode_dead_letter(&r.value).unwrap())
+            .collect();
+        assert_eq!(letters.len(), 2);
+        let big = letters.iter().find(|d| d.source_offset == 0).unwrap();
+        assert_eq!(big.original.len(), DEAD_LETTER_ORIGINAL_BYTES_MAX);
+        assert_eq!(&big.original[..], &large[..DEAD_LETTER_ORIGINAL_BYTES_MAX]);
+        assert_eq!(big.original_size, 1_000_000);
+        assert_eq!(&big.original_blake3[..], blake3::hash(&large).as_bytes());
+        assert!(big.encoded_len() < DEAD_LETTER_ORIGINAL_BYTES_MAX + 1024);
+        let tiny = letters.iter().find(|d| d.source_offset == 1).unwrap();
+        assert_eq!((&tiny.original[..], tiny.original_size), (&small[..], 10));
+    }
+
+    /// Counts like `Count`, but owns no topic: it only counts what does not decode.
+    struct Reader;
+
+    impl Service for Reader {
+        type State = u64;
+        fn name(&self) -> &'static str {
+            "reader"
+        }
+        fn inputs(&self) -> &'static [Topic] {
+            &[topics::MARKET_FEED]
+        }
+        fn handle(&self, state: &mut u64, _event: &Event, _out: &mut Vec<crate::service::Output>) -> Result<(), crate::service::Rejection> {
+            *state += 1;
+            Ok(())
+        }
+        fn dead_letters(&self, _topic: Topic) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn a_record_that_does_not_decode_is_dead_lettered_by_the_owner_only_and_counted_by_the_others() {
+        // Given a good trade, a record that does not decode and another good trade
+        let bus = MemoryBus::new();
+        let mut producer = bus.producer();
+        for r in [trade(1), b"not protobuf".to_vec(), trade(2)] {
+            producer.send(topics::MARKET_FEED, 0, b"k", &r).unwrap();
+        }
+        // When the topic's owner and a reader that does not own it both consume it
+        let mut owner = Processor::new(Count);
+        let mut reader = Processor::new(Reader);
+        let mut co = bus.consumer("owner", "a", &[topics::MARKET_FEED]);
+        let mut cr = bus.consumer("reader", "a", &[topics::MARKET_FEED]);
+        while owner.step(&mut co, &mut producer, 100).unwrap() != StepOutcome::Idle {}
+        while reader.step(&mut cr, &mut producer, 100).unwrap() != StepOutcome::Idle {}
+        // Then one dead letter exists, the owner's; the reader counted the record and both
+        // applied the good trades
+        let letters: Vec<pb::DeadLetter> = read_topic(&bus, topics::DEADLETTER)
+            .iter()
+            .map(|r| decode_dead_letter(&r.value).unwrap())
+            .collect();
+        assert_eq!(letters.iter().map(|d| d.service.as_str()).collect::<Vec<_>>(), ["count"]);
+        assert_eq!((owner.stats.dead_letters, owner.stats.undecodable_skipped), (1, 0));
+        assert_eq!((reader.stats.dead_letters, reader.stats.undecodable_skipped), (0, 1));
+        assert_eq!((total(&owner), reader.states().map(|(_, n)| *n).sum::<u64>()), (2, 2));
     }
 }

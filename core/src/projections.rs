@@ -1001,6 +1001,12 @@ impl Service for ProjectionService {
         ]
     }
 
+    /// A replica reads every topic; what does not decode on a topic a stage consumes is that
+    /// stage's to dead-letter.
+    fn dead_letters(&self, topic: crate::bus::Topic) -> bool {
+        topics::owned_by(topic, NAME)
+    }
+
     /// One task for every partition: a read model needs all of them. Each query process keeps
     /// its own replica (its own consumer group) rather than sharing partitions.
     fn task(&self, _tp: crate::bus::TopicPartition) -> u32 {

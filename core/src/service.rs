@@ -43,6 +43,14 @@ pub trait Service {
 
     fn handle(&self, state: &mut Self::State, event: &Event, out: &mut Vec<Output>) -> Result<(), Rejection>;
 
+    /// Whether a record of `topic` that does not decode is dead-lettered by this service, or
+    /// only counted (`Stats::undecodable_skipped`) because another stage owns the topic. One bad
+    /// record gives one dead letter, however many stages read its topic: a read replica that
+    /// consumes every topic dead-letters only on the topics it owns (`topics::TopicSpec::owner`).
+    fn dead_letters(&self, _topic: Topic) -> bool {
+        true
+    }
+
     /// A task's state as bytes for a snapshot; `None` when the service does not snapshot (its
     /// tasks are then always restored by replaying their partitions from the start).
     fn encode_state(&self, _state: &Self::State) -> Option<Vec<u8>> {

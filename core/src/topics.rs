@@ -20,12 +20,17 @@ pub struct TopicSpec {
     /// What the record key is.
     pub key: &'static str,
     pub producer: &'static str,
+    /// The stage that dead-letters a record of this topic that does not decode; every other
+    /// consumer counts it and moves on, so a bad record gives one dead letter, not one per
+    /// consumer. (Not a stage name for `deadletter`: nothing dead-letters a dead letter.)
+    pub owner: &'static str,
     pub holds: &'static str,
 }
 
 pub const ALL: [TopicSpec; 7] = [
     TopicSpec {
         name: MARKET_FEED,
+        owner: "market",
         partitions: 6,
         key: "symbol",
         producer: "feed (market-data gateway)",
@@ -33,6 +38,7 @@ pub const ALL: [TopicSpec; 7] = [
     },
     TopicSpec {
         name: BARS,
+        owner: "signals",
         partitions: 6,
         key: "symbol",
         producer: "market",
@@ -40,6 +46,7 @@ pub const ALL: [TopicSpec; 7] = [
     },
     TopicSpec {
         name: SIGNALS,
+        owner: "portfolio",
         partitions: 3,
         key: "portfolio id",
         producer: "signals",
@@ -47,6 +54,7 @@ pub const ALL: [TopicSpec; 7] = [
     },
     TopicSpec {
         name: RISK,
+        owner: "projections",
         partitions: 3,
         key: "portfolio id",
         producer: "portfolio",
@@ -54,6 +62,7 @@ pub const ALL: [TopicSpec; 7] = [
     },
     TopicSpec {
         name: PORTFOLIO,
+        owner: "projections",
         partitions: 3,
         key: "portfolio id",
         producer: "portfolio",
@@ -61,6 +70,7 @@ pub const ALL: [TopicSpec; 7] = [
     },
     TopicSpec {
         name: NOTIFICATIONS,
+        owner: "projections",
         partitions: 3,
         key: "user id",
         producer: "portfolio",
@@ -68,6 +78,7 @@ pub const ALL: [TopicSpec; 7] = [
     },
     TopicSpec {
         name: DEADLETTER,
+        owner: "none",
         partitions: 1,
         key: "source topic/partition/offset",
         producer: "any service",
@@ -82,6 +93,11 @@ pub fn spec(name: &str) -> Option<&'static TopicSpec> {
 /// The static name for a topic string (as a broker client reports it).
 pub fn by_name(name: &str) -> Option<Topic> {
     spec(name).map(|s| s.name)
+}
+
+/// Whether `stage` owns `topic` (see `TopicSpec::owner`); true for a topic outside the table.
+pub fn owned_by(topic: Topic, stage: &str) -> bool {
+    spec(topic).is_none_or(|s| s.owner == stage)
 }
 
 pub fn partitions(topic: Topic) -> u32 {

@@ -737,13 +737,23 @@ pub fn render_metrics(snap: &Snapshot) -> String {
         );
     }
     type Field = fn(&Stats) -> u64;
-    let counters: [(&str, &str, Field); 6] = [
+    let counters: [(&str, &str, Field); 8] = [
         ("horizon_records_in_total", "Records consumed per stage", |s| s.records_in),
         ("horizon_outputs_total", "Records published per stage", |s| s.outputs),
         (
             "horizon_dead_letters_total",
             "Records sent to the dead-letter topic per stage",
             |s| s.dead_letters,
+        ),
+        (
+            "horizon_outputs_refused_total",
+            "Outputs the broker refused for good, dead-lettered in their place, per stage",
+            |s| s.outputs_refused,
+        ),
+        (
+            "horizon_undecodable_skipped_total",
+            "Records that did not decode on a topic another stage owns and dead-letters, per stage",
+            |s| s.undecodable_skipped,
         ),
         (
             "horizon_restored_records_total",

@@ -37,7 +37,7 @@
 //! loop's guarantees rest on are enforced over them.
 
 use bytes::Bytes;
-use horizon_core::bus::{self, BusError, Polled, Record, Topic, TopicPartition};
+use horizon_core::bus::{self, BusError, Polled, Record, RefusedRecord, Topic, TopicPartition};
 use horizon_core::topics;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, DefaultConsumerContext, Rebalance};
@@ -143,31 +143,230 @@ impl KafkaConfig {
     }
 }
 
+/// What the loop should do about an error librdkafka reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Transient (a broker, leader or coordinator away, a timeout, a full queue, too few
+    /// in-sync replicas for now): back off and try again.
+    Retriable,
+    /// This one record can never be accepted (too large, invalid, a bad timestamp): sending it
+    /// again fails the same way. The loop dead-letters it and moves on.
+    RecordRefused,
+    /// Lost group membership or assignment: commits for the old assignment are refused.
+    NotAssigned,
+    /// The topic or partition does not exist.
+    UnknownTopic,
+    /// Configuration, authentication or authorisation, a fenced or fatal client: retrying
+    /// cannot help, an operator must act. The stage stops with the error.
+    Fatal,
+}
+
+/// Classifies every error code librdkafka (2.12) can return, local (negative) and broker ones.
+/// Written out code by code so that a new code is a decision, not an accident: the default
+/// arm is only for codes that do not exist yet.
+pub fn classify(code: RDKafkaErrorCode) -> ErrorClass {
+    use ErrorClass::*;
+    use RDKafkaErrorCode as C;
+    match code {
+        C::MessageSizeTooLarge
+        | C::MessageBatchTooLarge
+        | C::InvalidMessageSize
+        | C::InvalidRecord
+        | C::InvalidDifferentRecord
+        | C::InvalidTimestamp
+        | C::UnsupportedForMessageFormat
+        | C::BadMessage
+        | C::KeySerialization
+        | C::ValueSerialization => RecordRefused,
+
+        C::RebalanceInProgress
+        | C::IllegalGeneration
+        | C::UnknownMemberId
+        | C::AssignmentLost
+        | C::FencedInstanceId
+        | C::FencedMemberEpoch
+        | C::StaleMemberEpoch
+        | C::UnreleasedInstanceId
+        | C::MemberIdRequired
+        | C::State => NotAssigned,
+
+        C::UnknownTopic | C::UnknownPartition | C::UnknownTopicOrPartition | C::UnknownTopicId | C::InvalidTopic => UnknownTopic,
+
+        C::Fatal
+        | C::InvalidArgument
+        | C::InvalidConfig
+        | C::NotConfigured
+        | C::NotImplemented
+        | C::UnsupportedFeature
+        | C::UnsupportedVersion
+        | C::UnknownProtocol
+        | C::Authentication
+        | C::SaslAuthenticationFailed
+        | C::UnsupportedSASLMechanism
+        | C::IllegalSASLState
+        | C::SSL
+        | C::TopicAuthorizationFailed
+        | C::GroupAuthorizationFailed
+        | C::ClusterAuthorizationFailed
+        | C::TransactionalIdAuthorizationFailed
+        | C::DelegationTokenAuthorizationFailed
+        | C::DelegationTokenAuthDisabled
+        | C::DelegationTokenNotFound
+        | C::DelegationTokenOwnerMismatch
+        | C::DelegationTokenRequestNotAllowed
+        | C::DelegationTokenExpired
+        | C::SecurityDisabled
+        | C::InvalidPrincipalType
+        | C::UnacceptableCredential
+        | C::PrincipalDeserializationFailure
+        | C::InvalidRequiredAcks
+        | C::InvalidSessionTimeout
+        | C::InvalidGroupId
+        | C::InconsistentGroupProtocol
+        | C::GroupMaxSizeReached
+        | C::UnsupportedAssignor
+        | C::UnsupportedCompressionType
+        | C::BadCompression
+        | C::InvalidRequest
+        | C::PolicyViolation
+        | C::InvalidPartitions
+        | C::InvalidReplicationFactor
+        | C::InvalidReplicaAssignment
+        | C::TopicAlreadyExists
+        | C::TopicDeletionDisabled
+        | C::ProducerFenced
+        | C::Fenced
+        | C::InvalidProducerEpoch
+        | C::InvalidProducerIdMapping
+        | C::InvalidTransactionalState
+        | C::InvalidTransactionTimeout
+        | C::TransactionCoordinatorFenced
+        | C::ConcurrentTransactions
+        | C::GaplessGuarantee
+        | C::Inconsistent
+        | C::OutOfOrderSequenceNumber
+        | C::ExistingSubscription
+        | C::Conflict
+        | C::ReadOnly
+        | C::InvalidType
+        | C::CriticalSystemResource
+        | C::FileSystem
+        | C::LogDirNotFound
+        | C::ListenerNotFound
+        | C::Application
+        | C::KeyDeserialization
+        | C::ValueDeserialization
+        | C::AutoOffsetReset
+        | C::ResourceNotFound
+        | C::DuplicateResource
+        | C::InvalidUpdateVersion
+        | C::FeatureUpdateFailed
+        | C::InconsistentVoterSet
+        | C::TelemetryTooLarge
+        | C::UnknownSubscriptionId
+        | C::NonEmptyGroup
+        | C::GroupIdNotFound
+        | C::GroupSubscribedToTopic
+        | C::NoReassignmentInProgress
+        | C::ElectionNotNeeded
+        | C::OffsetMetadataTooLarge
+        | C::InvalidCommitOffsetSize => Fatal,
+
+        C::Begin
+        | C::End
+        | C::EndAll
+        | C::NoError
+        | C::Unknown
+        | C::Fail
+        | C::BrokerDestroy
+        | C::DestroyBroker
+        | C::BrokerTransportFailure
+        | C::Resolve
+        | C::MessageTimedOut
+        | C::PartitionEOF
+        | C::AllBrokersDown
+        | C::OperationTimedOut
+        | C::QueueFull
+        | C::ISRInsufficient
+        | C::NodeUpdate
+        | C::WaitingForCoordinator
+        | C::UnknownGroup
+        | C::InProgress
+        | C::PreviousInProgress
+        | C::AssignPartitions
+        | C::RevokePartitions
+        | C::NoOffset
+        | C::Outdated
+        | C::TimedOutQueue
+        | C::WaitCache
+        | C::Interrupted
+        | C::Partial
+        | C::NoEnt
+        | C::Underflow
+        | C::Retry
+        | C::PurgeQueue
+        | C::PurgeInflight
+        | C::PollExceeded
+        | C::UnknownBroker
+        | C::Noop
+        | C::LogTruncation
+        | C::OffsetOutOfRange
+        | C::InvalidMessage
+        | C::LeaderNotAvailable
+        | C::NotLeaderForPartition
+        | C::RequestTimedOut
+        | C::BrokerNotAvailable
+        | C::ReplicaNotAvailable
+        | C::StaleControllerEpoch
+        | C::NetworkException
+        | C::CoordinatorLoadInProgress
+        | C::CoordinatorNotAvailable
+        | C::NotCoordinator
+        | C::NotEnoughReplicas
+        | C::NotEnoughReplicasAfterAppend
+        | C::NotController
+        | C::DuplicateSequenceNumber
+        | C::OperationNotAttempted
+        | C::KafkaStorageError
+        | C::UnknownProducerId
+        | C::ReassignmentInProgress
+        | C::FetchSessionIdNotFound
+        | C::InvalidFetchSessionEpoch
+        | C::FencedLeaderEpoch
+        | C::UnknownLeaderEpoch
+        | C::StaleBrokerEpoch
+        | C::OffsetNotAvailable
+        | C::PreferredLeaderNotAvailable
+        | C::EligibleLeadersNotAvailable
+        | C::UnstableOffsetCommit
+        | C::ThrottlingQuotaExceeded
+        | C::RebootstrapRequired => Retriable,
+        // A code newer than this list: treat it as transient, as librdkafka does by default.
+        #[allow(unreachable_patterns)]
+        _ => Retriable,
+    }
+}
+
+/// The class of a client error (see `classify`); errors without a code are about the client.
+fn class_of(e: &KafkaError) -> ErrorClass {
+    match e.rdkafka_error_code() {
+        Some(code) => classify(code),
+        None => match e {
+            KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_) | KafkaError::Subscription(_) => ErrorClass::Fatal,
+            _ => ErrorClass::Retriable,
+        },
+    }
+}
+
 /// Maps a client error onto the bus's error kinds.
 fn bus_error(e: &KafkaError) -> BusError {
-    use RDKafkaErrorCode as C;
     let text = e.to_string();
-    match e.rdkafka_error_code() {
-        Some(C::RebalanceInProgress | C::IllegalGeneration | C::UnknownMemberId | C::AssignmentLost | C::FencedInstanceId | C::State) => {
-            BusError::NotAssigned(text)
-        }
-        Some(C::UnknownTopic | C::UnknownPartition) => BusError::UnknownTopic(text),
-        Some(
-            C::Fatal
-            | C::InvalidArgument
-            | C::Authentication
-            | C::SaslAuthenticationFailed
-            | C::TopicAuthorizationFailed
-            | C::GroupAuthorizationFailed
-            | C::ClusterAuthorizationFailed
-            | C::TransactionalIdAuthorizationFailed
-            | C::UnsupportedSASLMechanism
-            | C::InvalidConfig,
-        ) => BusError::Fatal(text),
-        _ => match e {
-            KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_) | KafkaError::Subscription(_) => BusError::Fatal(text),
-            _ => BusError::Unavailable(text),
-        },
+    match class_of(e) {
+        ErrorClass::Retriable => BusError::Unavailable(text),
+        ErrorClass::RecordRefused => BusError::Refused(vec![RefusedRecord { index: 0, reason: text }]),
+        ErrorClass::NotAssigned => BusError::NotAssigned(text),
+        ErrorClass::UnknownTopic => BusError::UnknownTopic(text),
+        ErrorClass::Fatal => BusError::Fatal(text),
     }
 }
 
@@ -217,13 +416,23 @@ fn to_tps(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
 // ------------------------------------------------------------------------------------ producer
 
 /// Counts delivery reports of the current flush epoch; reports of older epochs (records that a
-/// failed flush gave up on and the loop has sent again) are ignored.
+/// failed flush gave up on and the loop has sent again) are ignored. A record's opaque is its
+/// epoch and its index in the epoch, so a refused record can be named to the loop.
 #[derive(Default)]
 struct DeliveryTracker {
     epoch: AtomicU64,
     acked: AtomicU64,
+    /// Records that failed for a reason that may pass (retriable, or the whole stage's).
     failed: AtomicU64,
-    first_error: Mutex<Option<String>>,
+    /// The first failure that refused no single record: its class decides what `flush` reports.
+    first_error: Mutex<Option<(ErrorClass, String)>>,
+    /// Records refused for good, by index in the epoch.
+    refused: Mutex<Vec<RefusedRecord>>,
+}
+
+/// A record's delivery opaque: epoch in the high half, index in the low half.
+fn opaque(epoch: u64, index: u64) -> usize {
+    (((epoch & 0xffff_ffff) << 32) | (index & 0xffff_ffff)) as usize
 }
 
 impl ClientContext for DeliveryTracker {}
@@ -231,8 +440,9 @@ impl ClientContext for DeliveryTracker {}
 impl ProducerContext for DeliveryTracker {
     type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, epoch: usize) {
-        if epoch as u64 != self.epoch.load(Ordering::SeqCst) {
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let (epoch, index) = ((opaque as u64) >> 32, (opaque as u64) & 0xffff_ffff);
+        if epoch != self.epoch.load(Ordering::SeqCst) & 0xffff_ffff {
             return;
         }
         match result {
@@ -240,14 +450,24 @@ impl ProducerContext for DeliveryTracker {
                 self.acked.fetch_add(1, Ordering::SeqCst);
             }
             Err((e, m)) => {
-                self.failed.fetch_add(1, Ordering::SeqCst);
-                let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
-                if first.is_none() {
-                    *first = Some(format!("{}/{}: {e}", m.topic(), m.partition()));
+                let reason = format!("{}/{}: {e}", m.topic(), m.partition());
+                match class_of(e) {
+                    ErrorClass::RecordRefused => lock(&self.refused).push(RefusedRecord {
+                        index: index as usize,
+                        reason,
+                    }),
+                    class => {
+                        self.failed.fetch_add(1, Ordering::SeqCst);
+                        lock(&self.first_error).get_or_insert((class, reason));
+                    }
                 }
             }
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// An idempotent, batching producer.
@@ -264,9 +484,12 @@ impl KafkaProducer {
         let message_timeout = config
             .flush_timeout
             .saturating_sub(Duration::from_secs(5))
-            .max(Duration::from_secs(1))
-            .as_millis()
-            .to_string();
+            .max(Duration::from_secs(1));
+        // A topic missing from the metadata fails its records as UnknownTopic after this wait,
+        // and only if it ends before their message timeout; otherwise they time out, which reads
+        // as an outage and is retried forever.
+        let propagation = (message_timeout / 2).as_millis().to_string();
+        let message_timeout = message_timeout.as_millis().to_string();
         let producer = config
             .client_config(
                 &[
@@ -277,6 +500,7 @@ impl KafkaProducer {
                     ("linger.ms", "1"),
                     ("batch.num.messages", "10000"),
                     ("message.timeout.ms", &message_timeout),
+                    ("topic.metadata.propagation.max.ms", &propagation),
                     ("compression.type", "none"),
                 ],
                 &[("enable.idempotence", "true"), ("acks", "all")],
@@ -294,13 +518,19 @@ impl KafkaProducer {
         self.producer.context()
     }
 
+    fn delivered(&self) -> u64 {
+        let t = self.tracker();
+        t.acked.load(Ordering::SeqCst) + t.failed.load(Ordering::SeqCst) + lock(&t.refused).len() as u64
+    }
+
     /// Starts a new epoch: reports still due for the old one no longer count.
     fn next_epoch(&mut self) {
         let t = self.producer.context();
         t.epoch.fetch_add(1, Ordering::SeqCst);
         t.acked.store(0, Ordering::SeqCst);
         t.failed.store(0, Ordering::SeqCst);
-        *t.first_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *lock(&t.first_error) = None;
+        lock(&t.refused).clear();
         self.sent = 0;
     }
 
@@ -314,8 +544,8 @@ impl KafkaProducer {
 
 impl bus::Producer for KafkaProducer {
     fn send(&mut self, topic: Topic, partition: u32, key: &[u8], value: &[u8]) -> Result<(), BusError> {
-        let epoch = self.tracker().epoch.load(Ordering::SeqCst) as usize;
-        let mut record = BaseRecord::with_opaque_to(topic, epoch)
+        let epoch = self.tracker().epoch.load(Ordering::SeqCst);
+        let mut record = BaseRecord::with_opaque_to(topic, opaque(epoch, self.sent))
             .partition(partition as i32)
             .key(key)
             .payload(value);
@@ -337,6 +567,14 @@ impl bus::Producer for KafkaProducer {
                     self.producer.poll(Duration::from_millis(100));
                     record = back;
                 }
+                // Refused before it was queued (librdkafka checks `message.max.bytes` here):
+                // name the record's destination, and let the loop dead-letter it.
+                Err((e, _)) if class_of(&e) == ErrorClass::RecordRefused => {
+                    return Err(BusError::Refused(vec![RefusedRecord {
+                        index: 0,
+                        reason: format!("{topic}/{partition}: {e} ({} bytes)", value.len()),
+                    }]));
+                }
                 Err((e, _)) => return Err(self.fatal_error().unwrap_or_else(|| bus_error(&e))),
             }
         }
@@ -351,11 +589,10 @@ impl bus::Producer for KafkaProducer {
         // `horizon bench kafka`). Here: `flush(0)` wakes the broker threads to send what is
         // queued now, `poll(0)` serves one queued event (a delivery report covers a batch), and
         // while none is there the thread sleeps `FLUSH_POLL`.
-        let mut served = self.tracker().acked.load(Ordering::SeqCst) + self.tracker().failed.load(Ordering::SeqCst);
+        let mut served = self.delivered();
         let mut idle = 0u32;
         loop {
-            let t = self.tracker();
-            let done = t.acked.load(Ordering::SeqCst) + t.failed.load(Ordering::SeqCst);
+            let done = self.delivered();
             if done >= self.sent {
                 break;
             }
@@ -376,23 +613,31 @@ impl bus::Producer for KafkaProducer {
         }
         let t = self.tracker();
         let (sent, acked, failed) = (self.sent, t.acked.load(Ordering::SeqCst), t.failed.load(Ordering::SeqCst));
-        let first_error = t.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let first_error = lock(&t.first_error).clone();
+        let mut refused = std::mem::take(&mut *lock(&t.refused));
         self.next_epoch();
         if let Some(fatal) = self.fatal_error() {
             return Err(fatal);
         }
-        if failed > 0 {
-            return Err(BusError::Unavailable(format!(
-                "{failed} of {sent} records were not delivered (first: {})",
-                first_error.unwrap_or_default()
-            )));
+        if let Some((class, first)) = first_error {
+            let text = format!("{failed} of {sent} records were not delivered (first: {first})");
+            return Err(match class {
+                ErrorClass::Fatal => BusError::Fatal(text),
+                ErrorClass::UnknownTopic => BusError::UnknownTopic(text),
+                _ => BusError::Unavailable(text),
+            });
         }
-        if acked < sent {
+        let answered = acked + refused.len() as u64;
+        if answered < sent {
             return Err(BusError::Unavailable(format!(
                 "{} of {sent} records not acknowledged within {:?}",
-                sent - acked,
+                sent - answered,
                 self.flush_timeout
             )));
+        }
+        if !refused.is_empty() {
+            refused.sort_by_key(|r| r.index);
+            return Err(BusError::Refused(refused));
         }
         Ok(())
     }
@@ -1195,11 +1440,19 @@ pub mod admin {
 
     /// Creates one scratch topic (not one of the documented set) if it does not exist.
     pub fn create_topic(config: &KafkaConfig, name: &str, partitions: i32) -> Result<(), BusError> {
+        create_topic_with(config, name, partitions, &[])
+    }
+
+    /// `create_topic` with topic-level settings (`max.message.bytes`, `min.insync.replicas`, ...).
+    pub fn create_topic_with(config: &KafkaConfig, name: &str, partitions: i32, settings: &[(&str, &str)]) -> Result<(), BusError> {
         let admin: AdminClient<DefaultClientContext> = config.client_config(&[], &[]).create().map_err(|e| bus_error(&e))?;
         let options = AdminOptions::new()
             .operation_timeout(Some(config.request_timeout))
             .request_timeout(Some(config.request_timeout));
-        let new = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let mut new = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        for (k, v) in settings {
+            new = new.set(k, v);
+        }
         let results = futures_executor::block_on(admin.create_topics([&new], &options)).map_err(|e| bus_error(&e))?;
         for r in results {
             match r {
@@ -1314,6 +1567,59 @@ mod tests {
             .set("sasl.username", "u")
             .set("sasl.password", "p");
         assert!(KafkaProducer::new(&c).is_ok());
+    }
+
+    #[test]
+    fn each_class_of_client_error_maps_onto_its_bus_error() {
+        use RDKafkaErrorCode as C;
+        let class = |code| bus_error(&KafkaError::MessageProduction(code));
+        // A record that can never be accepted: refused, not retried
+        for code in [
+            C::MessageSizeTooLarge,
+            C::MessageBatchTooLarge,
+            C::InvalidRecord,
+            C::InvalidTimestamp,
+            C::InvalidMessageSize,
+        ] {
+            assert!(matches!(class(code), BusError::Refused(_)), "{code:?}");
+            assert!(!class(code).is_retriable(), "{code:?}");
+        }
+        // Authorisation, authentication and configuration: the stage stops with the error
+        for code in [
+            C::TopicAuthorizationFailed,
+            C::ClusterAuthorizationFailed,
+            C::SaslAuthenticationFailed,
+            C::Authentication,
+            C::InvalidConfig,
+            C::ProducerFenced,
+            C::UnsupportedVersion,
+        ] {
+            assert!(matches!(class(code), BusError::Fatal(_)), "{code:?}");
+        }
+        // A topic or partition that does not exist
+        for code in [C::UnknownTopicOrPartition, C::UnknownTopic, C::UnknownPartition, C::InvalidTopic] {
+            assert!(matches!(class(code), BusError::UnknownTopic(_)), "{code:?}");
+        }
+        // Transient: back off and retry
+        for code in [
+            C::NotEnoughReplicas,
+            C::NotEnoughReplicasAfterAppend,
+            C::LeaderNotAvailable,
+            C::NotLeaderForPartition,
+            C::RequestTimedOut,
+            C::MessageTimedOut,
+            C::AllBrokersDown,
+            C::BrokerTransportFailure,
+            C::QueueFull,
+            C::InvalidMessage,
+            C::ThrottlingQuotaExceeded,
+        ] {
+            assert!(class(code).is_retriable(), "{code:?}");
+        }
+        // Group membership lost
+        for code in [C::RebalanceInProgress, C::FencedMemberEpoch, C::AssignmentLost] {
+            assert!(matches!(class(code), BusError::NotAssigned(_)), "{code:?}");
+        }
     }
 
     #[test]

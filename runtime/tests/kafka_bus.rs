@@ -565,3 +565,161 @@ fn flush_reports_unavailable_within_its_bound_when_the_broker_is_down() {
     );
     drop(broker);
 }
+
+/// A scratch topic of this run (auto-creation is off on the test broker), leaked to a `Topic`.
+fn scratch_topic(what: &str, partitions: i32, settings: &[(&str, &str)]) -> Topic {
+    let name: &'static str = Box::leak(unique(what).into_boxed_str());
+    admin::create_topic_with(&config(), name, partitions, settings).unwrap();
+    name
+}
+
+/// The end offset of a scratch topic's partition 0 (the bus's consumer reads documented topics
+/// only).
+fn scratch_end(topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let c: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", bootstrap()).create().unwrap();
+    c.fetch_watermarks(topic, 0, Duration::from_secs(30)).unwrap().1
+}
+
+#[test]
+fn a_record_over_the_clients_size_limit_is_refused_at_send_and_the_others_go_out() {
+    // Given librdkafka's default producer limit (message.max.bytes 1,000,000)
+    let topic = scratch_topic("refused-send", 1, &[]);
+    let mut producer = KafkaProducer::new(&config()).unwrap();
+    // When a small record, one of 1.2 MB and another small one are sent
+    producer.send(topic, 0, b"k", b"small-1").unwrap();
+    let refused = producer.send(topic, 0, b"k", &vec![7u8; 1_200_000]);
+    producer.send(topic, 0, b"k", b"small-2").unwrap();
+    // Then the large one is refused for good, naming its size, and the flush delivers the rest
+    match &refused {
+        Err(BusError::Refused(r)) => {
+            assert_eq!(r.len(), 1);
+            assert!(
+                r[0].reason.contains("MessageSizeTooLarge") && r[0].reason.contains("1200000 bytes"),
+                "{r:?}"
+            );
+        }
+        other => panic!("expected Refused, got {other:?}"),
+    }
+    assert!(!refused.unwrap_err().is_retriable());
+    producer.flush().unwrap();
+    assert_eq!(scratch_end(topic), 2);
+}
+
+/// Forwards the trades whose id starts with `marker` to `target`, unchanged.
+struct Forward {
+    marker: String,
+    target: Topic,
+}
+
+impl Service for Forward {
+    type State = ();
+    fn name(&self) -> &'static str {
+        "forward"
+    }
+    fn inputs(&self) -> &'static [Topic] {
+        &[topics::MARKET_FEED]
+    }
+    fn handle(
+        &self,
+        _state: &mut (),
+        event: &Event,
+        out: &mut Vec<horizon_core::service::Output>,
+    ) -> Result<(), horizon_core::service::Rejection> {
+        if matches!(&event.payload, Payload::Trade(t) if t.trade_id.starts_with(&self.marker)) {
+            out.push(horizon_core::service::Output {
+                topic: self.target,
+                key: event.aggregate_id.clone(),
+                event: event.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn an_output_over_the_topics_size_limit_is_dead_lettered_alone_and_the_rest_of_its_batch_published() {
+    // Given an output topic whose broker-side limit is 2,000 bytes (a limit on a whole batch),
+    // and three trades, the second with an id of 10,000 bytes
+    let target = scratch_topic("refused-broker", 1, &[("max.message.bytes", "2000")]);
+    let cfg = config();
+    let group = unique("forward");
+    admin::commit_group_at_end(&cfg, &group, &[topics::MARKET_FEED]).unwrap();
+    let marker = unique("fw");
+    let ids = [
+        format!("{marker}-1"),
+        format!("{marker}-{}", "x".repeat(10_000)),
+        format!("{marker}-3"),
+    ];
+    let partition = partition_for(marker.as_bytes(), topics::partitions(topics::MARKET_FEED));
+    let mut producer = KafkaProducer::new(&cfg).unwrap();
+    let mut dl_reader = KafkaConsumer::new(&cfg, &unique("dl"), &[topics::DEADLETTER]).unwrap();
+    let dl = TopicPartition {
+        topic: topics::DEADLETTER,
+        partition: 0,
+    };
+    let dl_start = dl_reader.end_offset(dl).unwrap();
+    let mut inputs = Vec::new();
+    for id in &ids {
+        let e = Event::root(
+            root_id(&["SIM", "BTCUSDT", id]),
+            "BTCUSDT".into(),
+            Timestamp::from_millis(1_000),
+            "feed",
+            Payload::Trade(Trade {
+                symbol: "BTCUSDT".into(),
+                exchange: "SIM".into(),
+                trade_id: id.clone(),
+                price: "100".parse().unwrap(),
+                quantity: "1".parse().unwrap(),
+                aggressor_side: Side::Buy,
+                ts_exchange: Timestamp::from_millis(1_000),
+            }),
+        );
+        producer
+            .send(topics::MARKET_FEED, partition, marker.as_bytes(), &e.encode())
+            .unwrap();
+        inputs.push(e);
+    }
+    producer.flush().unwrap();
+    // When the loop forwards them in one batch
+    let mut p = Processor::new(Forward { marker, target });
+    let mut consumer = KafkaConsumer::new(&cfg, &group, &[topics::MARKET_FEED]).unwrap();
+    until("the three trades forwarded or dead-lettered", || {
+        match p.step(&mut consumer, &mut producer, 100).unwrap() {
+            StepOutcome::Retry(e) => {
+                eprintln!("retrying: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            StepOutcome::Progress(_) | StepOutcome::Idle => {}
+        }
+        (p.stats.outputs == 3 && p.is_settled()).then_some(())
+    });
+    // Then the two small ones are on the topic, and only the large one is a dead letter
+    assert_eq!(scratch_end(target), 2);
+    assert_eq!(p.stats.outputs_refused, 1);
+    let dl_end = dl_reader.end_offset(dl).unwrap();
+    let letters: Vec<_> = dl_reader
+        .fetch(dl, dl_start, dl_end)
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| decode_dead_letter(&r.value))
+        .filter(|d| d.refused_topic == target)
+        .collect();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].event_id, inputs[1].id);
+    assert!(letters[0].reason.contains("MessageSizeTooLarge"), "{}", letters[0].reason);
+}
+
+#[test]
+fn a_topic_that_does_not_exist_is_unknown_not_unavailable() {
+    // Given a topic name the broker does not have (it does not create topics on demand)
+    let topic: Topic = Box::leak(unique("missing").into_boxed_str());
+    let mut cfg = config();
+    cfg.flush_timeout = Duration::from_secs(20);
+    let mut producer = KafkaProducer::new(&cfg).unwrap();
+    // When a record is sent to it
+    let res = producer.send(topic, 0, b"k", b"x").and_then(|()| producer.flush());
+    // Then the error says so and is not retried as an outage
+    assert!(matches!(res, Err(BusError::UnknownTopic(_))), "{res:?}");
+}

@@ -43,6 +43,14 @@ fn bootstrap() -> String {
     }
 }
 
+/// The tests' market stages each read every partition of the shared `market.feed` from its end,
+/// and count what they handled: one at a time, or each counts the other's records too.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn scenario() -> Scenario {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/chop.toml");
     Scenario::from_toml(&std::fs::read_to_string(path).unwrap(), path).unwrap()
@@ -100,14 +108,35 @@ fn without_field(bytes: &[u8], field: u64) -> Vec<u8> {
     out
 }
 
-#[test]
-fn bad_records_go_to_the_dead_letter_topic_with_reason_bytes_and_source_and_processing_continues() {
+/// A broker config with the topics created, and a group prefix of this run whose market group
+/// starts at the end of `market.feed`; with the run's nanoseconds, for unique markers.
+fn market_group_at_end(what: &str) -> (KafkaConfig, String, u128) {
     let b = bootstrap();
     admin::create_topics(&b, &BTreeMap::new(), 1, None).unwrap();
     let cfg = KafkaConfig::new(b.as_str());
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    let prefix = format!("rt-deadletter-{}-{nanos}", std::process::id());
+    let prefix = format!("rt-{what}-{}-{nanos}", std::process::id());
     admin::commit_group_at_end(&cfg, &format!("{prefix}.market"), &[topics::MARKET_FEED]).unwrap();
+    (cfg, prefix, nanos)
+}
+
+type MarketRun = std::thread::JoinHandle<(horizon_runtime::service::ServiceReport, horizon_core::processor::Stats)>;
+
+/// Runs the market stage in group `<prefix>.market` until `stop` is set; it publishes its query
+/// snapshot to `shared`.
+fn run_market(cfg: &KafkaConfig, prefix: &str, stop: &Arc<AtomicBool>, shared: &horizon_runtime::api::SharedSnapshot) -> MarketRun {
+    let (cfg, prefix, stop, shared) = (cfg.clone(), prefix.to_string(), Arc::clone(stop), shared.clone());
+    std::thread::spawn(move || {
+        let mut p = ServiceProcess::new(&scenario(), &cfg, ServiceOptions::new(vec![StageKind::Market], prefix)).unwrap();
+        let report = p.run(&stop, Some(&shared)).unwrap();
+        (report, p.pipeline.market.stats.clone())
+    })
+}
+
+#[test]
+fn bad_records_go_to_the_dead_letter_topic_with_reason_bytes_and_source_and_processing_continues() {
+    let _serial = serial();
+    let (cfg, prefix, nanos) = market_group_at_end("deadletter");
 
     // Given a real rebalance event, re-labelled as market data by dropping its type field (an
     // absent type reads as MARKET_DATA_RECEIVED)
@@ -172,14 +201,7 @@ fn bad_records_go_to_the_dead_letter_topic_with_reason_bytes_and_source_and_proc
 
     // And the market stage runs
     let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = Arc::clone(&stop);
-    let cfg2 = cfg.clone();
-    let prefix2 = prefix.clone();
-    let service = std::thread::spawn(move || {
-        let mut p = ServiceProcess::new(&scenario(), &cfg2, ServiceOptions::new(vec![StageKind::Market], prefix2)).unwrap();
-        let report = p.run(&stop2, None).unwrap();
-        (report, p.pipeline.market.stats.clone())
-    });
+    let service = run_market(&cfg, &prefix, &stop, &Default::default());
 
     // Then each bad record has a dead letter naming its source, with its bytes and the reason
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -227,4 +249,77 @@ fn bad_records_go_to_the_dead_letter_topic_with_reason_bytes_and_source_and_proc
     assert_eq!(stats.records_in, cases.len() as u64 + 1, "{report:?}");
     assert_eq!(stats.dead_letters, cases.len() as u64);
     assert!(report.unsettled_at_exit.is_empty());
+}
+
+#[test]
+fn a_poison_record_too_large_to_dead_letter_whole_is_dead_lettered_by_prefix_and_the_stage_goes_on() {
+    let _serial = serial();
+    let (cfg, prefix, nanos) = market_group_at_end("poison");
+
+    // Given a ~1 MB trade that the market rejects (negative price), which the broker accepts
+    // (its limit is 1,048,588 bytes) but whose whole bytes no dead letter can carry (librdkafka's
+    // producer limit is 1,000,000), followed by a valid trade
+    let marker = format!("poison-{nanos}");
+    let poison = trade(&format!("{marker}-{}", "x".repeat(1_040_000)), Fixed::from_int(-1), Fixed::ONE).encode();
+    assert!(poison.len() > 1_000_000 && poison.len() < 1_048_588, "{}", poison.len());
+    let valid = trade(&format!("{marker}-ok"), Fixed::from_int(60_000), Fixed::ONE).encode();
+    let partition = partition_for(marker.as_bytes(), topics::partitions(topics::MARKET_FEED));
+    let tp = TopicPartition {
+        topic: topics::MARKET_FEED,
+        partition,
+    };
+    let dl = TopicPartition {
+        topic: topics::DEADLETTER,
+        partition: 0,
+    };
+    let mut reader = KafkaConsumer::new(&cfg, &format!("{prefix}.reader"), &[topics::DEADLETTER]).unwrap();
+    let first = reader.end_offset(tp).unwrap();
+    let dl_start = reader.end_offset(dl).unwrap();
+    let mut producer = KafkaProducer::new(&cfg.clone().set("message.max.bytes", "1048576")).unwrap();
+    producer.send(topics::MARKET_FEED, partition, marker.as_bytes(), &poison).unwrap();
+    producer.send(topics::MARKET_FEED, partition, marker.as_bytes(), &valid).unwrap();
+    producer.flush().unwrap();
+
+    // When the market stage runs
+    let stop = Arc::new(AtomicBool::new(false));
+    let shared = horizon_runtime::api::SharedSnapshot::default();
+    let service = run_market(&cfg, &prefix, &stop, &shared);
+
+    // Then the poison record's dead letter arrives, with a prefix of its bytes, their whole size
+    // and hash, and its source offset
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let letter = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no dead letter for the poison record: the stage is wedged"
+        );
+        let end = reader.end_offset(dl).unwrap();
+        let found = reader
+            .fetch(dl, dl_start, end)
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| decode_dead_letter(&r.value))
+            .find(|d| d.source_topic == topics::MARKET_FEED && d.source_partition == partition && d.source_offset == first);
+        if let Some(d) = found {
+            break d;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(letter.reason.contains("price must be positive"), "{}", letter.reason);
+    assert_eq!(letter.original_size, poison.len() as u64);
+    assert_eq!(
+        &letter.original[..],
+        &poison[..horizon_core::processor::DEAD_LETTER_ORIGINAL_BYTES_MAX]
+    );
+    assert_eq!(&letter.original_blake3[..], blake3::hash(&poison).as_bytes());
+    // And the stage went on to the valid trade
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while shared.get().stats.get("market").is_none_or(|m| m.records_in < 2) {
+        assert!(Instant::now() < deadline, "the valid trade after the poison record was not handled");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (report, stats) = service.join().unwrap();
+    assert_eq!((stats.records_in, stats.dead_letters), (2, 1), "{report:?}");
+    assert!(report.unsettled_at_exit.is_empty(), "{report:?}");
 }
