@@ -902,14 +902,107 @@ mod tests {
 
     /// A GET against a served API: (status, JSON body).
     fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
+        let (status, _, body) = request(addr, path, "");
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}")),
+        )
+    }
+
+    /// A GET with extra header lines (each ending in CRLF): (status, lowercased head, body).
+    fn request(addr: SocketAddr, path: &str, headers: &str) -> (u16, String, String) {
         use std::io::{Read, Write};
         let mut c = std::net::TcpStream::connect(addr).unwrap();
-        write!(c, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
+        write!(c, "GET {path} HTTP/1.1\r\nHost: test\r\n{headers}Connection: close\r\n\r\n").unwrap();
         let mut text = String::new();
         c.read_to_string(&mut text).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-        (status, serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body}")))
+        (status, head.to_ascii_lowercase(), body.to_string())
+    }
+
+    /// A server over empty projections of a deployment with known ids.
+    fn serve_known_ids(token: Option<&str>) -> ApiServer {
+        let service = ProjectionService {
+            initial_cash: BTreeMap::new(),
+        };
+        let shared = SharedSnapshot::default();
+        shared.set(Snapshot {
+            views: Some(service.views(&Projections::default())),
+            projections: Some(Arc::new(Projections::default())),
+            ready: true,
+            ..Default::default()
+        });
+        let catalog = Catalog {
+            symbols: vec!["BTCUSDT".into(), "ETHUSDT".into()],
+            intervals: vec!["1m".into()],
+            users: vec!["alice".into()],
+            portfolios: vec!["alpha".into()],
+        };
+        serve_with_token("127.0.0.1:0", shared, catalog, token.map(String::from)).unwrap()
+    }
+
+    #[test]
+    fn with_a_token_every_route_but_the_probes_needs_it() {
+        let api = serve_known_ids(Some("s3cret-token"));
+        assert!(api.token_required);
+        let good = "Authorization: Bearer s3cret-token\r\n";
+        for route in ["/portfolios", "/metrics", "/digest", "/stats", "/openapi.json", "/nowhere"] {
+            let (status, head, body) = request(api.addr, route, "");
+            assert_eq!(status, 401, "{route}: {body}");
+            assert!(head.contains("www-authenticate: bearer realm=\"horizon\""), "{route}: {head}");
+            let body: Value = serde_json::from_str(&body).unwrap();
+            assert!(body["error"].as_str().unwrap().contains("Bearer"), "{body}");
+            let (status, head, _) = request(api.addr, route, "Authorization: Bearer wrong-token\r\n");
+            assert_eq!(status, 401, "{route}");
+            assert!(head.contains("error=\"invalid_token\""), "{head}");
+            let (status, _, body) = request(api.addr, route, "Authorization: Basic czNjcmV0LXRva2Vu\r\n");
+            assert_eq!(status, 401, "{route}: not a bearer token: {body}");
+            let (status, _, body) = request(api.addr, route, good);
+            assert_ne!(status, 401, "{route}: {body}");
+        }
+        assert_eq!(request(api.addr, "/portfolios", good).0, 200);
+        // Probes carry no credentials.
+        assert_eq!(request(api.addr, "/health", "").0, 200);
+        assert_eq!(request(api.addr, "/ready", "").0, 200);
+        // Without a token, the API is open.
+        let open = serve_known_ids(None);
+        assert!(!open.token_required);
+        assert_eq!(get(open.addr, "/portfolios").0, 200);
+    }
+
+    #[test]
+    fn a_404_names_the_id_asked_for_but_not_the_known_ones() {
+        let api = serve_known_ids(None);
+        for (path, asked) in [
+            ("/portfolios/beta", "beta"),
+            ("/portfolios/beta/positions", "beta"),
+            ("/portfolios/beta/risk", "beta"),
+            ("/users/mallory/notifications", "mallory"),
+            ("/bars/DOGEUSDT/1m", "DOGEUSDT"),
+            ("/events/no-such-event", "no-such-event"),
+        ] {
+            let (status, body) = get(api.addr, path);
+            assert_eq!(status, 404, "{path}: {body}");
+            let message = body["error"].as_str().unwrap();
+            assert!(message.contains(asked), "{path}: {message}");
+            for known in ["alpha", "alice", "BTCUSDT", "ETHUSDT"] {
+                assert!(!message.contains(known), "{path} lists `{known}`: {message}");
+            }
+        }
+    }
+
+    #[test]
+    fn binding_beyond_loopback_without_a_token_is_warned_about() {
+        let warn = |a: &str, token| exposure_warning(a.parse().unwrap(), token);
+        for exposed in ["0.0.0.0:8080", "192.168.1.20:8080", "[::]:8080"] {
+            let w = warn(exposed, false).unwrap_or_else(|| panic!("{exposed}: no warning"));
+            assert!(w.contains(exposed) && w.contains("--http-token-file"), "{w}");
+            assert_eq!(warn(exposed, true), None, "{exposed} with a token");
+        }
+        for local in ["127.0.0.1:8080", "[::1]:8080"] {
+            assert_eq!(warn(local, false), None, "{local}");
+        }
     }
 
     #[test]
