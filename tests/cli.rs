@@ -186,3 +186,134 @@ fn query_names_a_bad_point_in_time() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A loopback port nothing listens on.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Runs `horizon ARGS`, killed if it is still running after `bound` (a hang fails the test).
+fn horizon_within(args: &[&str], bound: std::time::Duration) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_horizon"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + bound;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "horizon {} still running after {bound:?}; stderr: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn every_kafka_command_fails_within_its_timeout_naming_the_brokers_and_the_last_error() {
+    let brokers = format!("127.0.0.1:{}", closed_port());
+    let commands: [&[&str]; 6] = [
+        &["feed", "chop"],
+        &["topics", "create"],
+        &["digest", "--scenario", "chop"],
+        &["run", "--scenario", "chop"],
+        &["audit", "verify"],
+        &["bench", "kafka", "--scratch", "--events", "1000"],
+    ];
+    for command in commands {
+        let mut args = command.to_vec();
+        args.extend(["--brokers", &brokers, "--timeout", "2"]);
+        // 2 s asked; the bound only proves it does not hang.
+        let out = horizon_within(&args, std::time::Duration::from_secs(60));
+        assert_one_line_error(&out, &[&brokers, "Connection refused", "--timeout"]);
+    }
+}
+
+#[test]
+fn the_kafka_timeout_has_a_documented_default_and_refuses_nonsense() {
+    let help = String::from_utf8_lossy(&horizon(&["feed", "--help"]).stdout).into_owned();
+    assert!(help.contains("--timeout") && help.contains("[default: 30s]"), "{help}");
+    for bad in ["0", "soon", "1.5"] {
+        let out = horizon(&["topics", "create", "--brokers", "127.0.0.1:1", "--timeout", bad]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--timeout") && !stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+/// A data folder holding `files` and a scenario replaying `file` from it as tardis trades.
+struct Recording {
+    dir: std::path::PathBuf,
+    scenario: tempfile_path::Path,
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn recording(file: &str, text: &str, extra_key: &str) -> Recording {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("horizon-cli-data-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(file), text).unwrap();
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/binance-ticks-2020.toml")).unwrap();
+    let from = "file = \"binance-futures_btcusdt_trades_2020-02-22.tardis.csv\"";
+    assert!(shipped.contains(from), "fixture drifted: {from}");
+    let scenario = tempfile_path::write(&shipped.replacen(from, &format!("file = \"{file}\"\n{extra_key}"), 1));
+    Recording { dir, scenario }
+}
+
+fn with_data(r: &Recording, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_horizon"))
+        .args(args)
+        .env("HORIZON_DATA", &r.dir)
+        .output()
+        .unwrap()
+}
+
+const TARDIS_HEADER: &str = "exchange,symbol,timestamp,local_timestamp,id,side,price,amount\n";
+
+#[test]
+fn an_empty_or_header_only_recording_is_refused() {
+    for (file, text, what) in [
+        ("empty.csv", "", "no records (0 header/blank lines)"),
+        ("header.csv", TARDIS_HEADER, "no records (1 header/blank lines)"),
+    ] {
+        let r = recording(file, text, "");
+        let scenario = r.scenario.0.to_str().unwrap();
+        for args in [vec!["sim", scenario], vec!["scenario", "show", scenario]] {
+            let out = with_data(&r, &args);
+            assert_one_line_error(&out, &[file, what, "--allow-empty"]);
+            assert!(out.stdout.is_empty(), "nothing replayed: {}", String::from_utf8_lossy(&out.stdout));
+        }
+    }
+}
+
+#[test]
+fn allow_empty_replays_an_empty_recording_with_a_warning() {
+    let r = recording("header.csv", TARDIS_HEADER, "");
+    let scenario = r.scenario.0.to_str().unwrap();
+    let keyed = recording("header.csv", TARDIS_HEADER, "allow_empty = true");
+    let keyed_scenario = keyed.scenario.0.to_str().unwrap();
+    for (data, args) in [(&r, vec!["sim", scenario, "--allow-empty"]), (&keyed, vec!["sim", keyed_scenario])] {
+        let out = with_data(data, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one warning: {stderr}");
+        assert!(
+            stderr.contains("warning") && stderr.contains("header.csv: no records (1 header/blank lines)"),
+            "{stderr}"
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("0 feed events"));
+    }
+}
