@@ -2,6 +2,9 @@
 
 use std::process::{Command, Output};
 
+mod fixtures;
+use fixtures::{Recording, TARDIS_HEADER};
+
 fn horizon(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_horizon")).args(args).output().unwrap()
 }
@@ -248,51 +251,15 @@ fn the_kafka_timeout_has_a_documented_default_and_refuses_nonsense() {
     }
 }
 
-/// A data folder holding `files` and a scenario replaying `file` from it as tardis trades.
-struct Recording {
-    dir: std::path::PathBuf,
-    scenario: tempfile_path::Path,
-}
-
-impl Drop for Recording {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn recording(file: &str, text: &str, extra_key: &str) -> Recording {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let dir = std::env::temp_dir().join(format!("horizon-cli-data-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join(file), text).unwrap();
-    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/binance-ticks-2020.toml")).unwrap();
-    let from = "file = \"binance-futures_btcusdt_trades_2020-02-22.tardis.csv\"";
-    assert!(shipped.contains(from), "fixture drifted: {from}");
-    let scenario = tempfile_path::write(&shipped.replacen(from, &format!("file = \"{file}\"\n{extra_key}"), 1));
-    Recording { dir, scenario }
-}
-
-fn with_data(r: &Recording, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_horizon"))
-        .args(args)
-        .env("HORIZON_DATA", &r.dir)
-        .output()
-        .unwrap()
-}
-
-const TARDIS_HEADER: &str = "exchange,symbol,timestamp,local_timestamp,id,side,price,amount\n";
-
 #[test]
 fn an_empty_or_header_only_recording_is_refused() {
     for (file, text, what) in [
         ("empty.csv", "", "no records (0 header/blank lines)"),
         ("header.csv", TARDIS_HEADER, "no records (1 header/blank lines)"),
     ] {
-        let r = recording(file, text, "");
-        let scenario = r.scenario.0.to_str().unwrap();
-        for args in [vec!["sim", scenario], vec!["scenario", "show", scenario]] {
-            let out = with_data(&r, &args);
+        let r = Recording::new(file, text, "");
+        for args in [vec!["sim", r.scenario()], vec!["scenario", "show", r.scenario()]] {
+            let out = r.horizon(&args);
             assert_one_line_error(&out, &[file, what, "--allow-empty"]);
             assert!(out.stdout.is_empty(), "nothing replayed: {}", String::from_utf8_lossy(&out.stdout));
         }
@@ -301,12 +268,13 @@ fn an_empty_or_header_only_recording_is_refused() {
 
 #[test]
 fn allow_empty_replays_an_empty_recording_with_a_warning() {
-    let r = recording("header.csv", TARDIS_HEADER, "");
-    let scenario = r.scenario.0.to_str().unwrap();
-    let keyed = recording("header.csv", TARDIS_HEADER, "allow_empty = true");
-    let keyed_scenario = keyed.scenario.0.to_str().unwrap();
-    for (data, args) in [(&r, vec!["sim", scenario, "--allow-empty"]), (&keyed, vec!["sim", keyed_scenario])] {
-        let out = with_data(data, &args);
+    let r = Recording::new("header.csv", TARDIS_HEADER, "");
+    let keyed = Recording::new("header.csv", TARDIS_HEADER, "allow_empty = true");
+    for (data, args) in [
+        (&r, vec!["sim", r.scenario(), "--allow-empty"]),
+        (&keyed, vec!["sim", keyed.scenario()]),
+    ] {
+        let out = data.horizon(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{stderr}");
         assert_eq!(stderr.trim_end().lines().count(), 1, "one warning: {stderr}");

@@ -122,9 +122,8 @@ impl KafkaConfig {
             let Some(at) = line.find(['=', ':']) else {
                 // Only the first word: the rest may be a secret's value (`sasl.pasword hunter2`).
                 let first = line.split_whitespace().next().unwrap_or_default();
-                let more = if first.len() < line.len() { " ..." } else { "" };
                 return Err(BusError::Fatal(format!(
-                    "client properties line {}: expected key=value, got `{first}{more}`",
+                    "client properties line {}: expected key=value after `{first}`",
                     n + 1
                 )));
             };
@@ -160,9 +159,9 @@ impl KafkaConfig {
                     if secrets::is_secret_key(k) || matches!(res, rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN) {
                         secrets::remember(v);
                     }
-                    return Err(BusError::Fatal(secrets::mask(&format!("client property `{k}`: {desc}"))));
+                    return Err(BusError::Fatal(secrets::mask(&format!("client property `{k}` refused: {desc}"))));
                 }
-                Err(e) => return Err(BusError::Fatal(secrets::mask(&format!("client property `{k}`: {e}")))),
+                Err(e) => return Err(BusError::Fatal(secrets::mask(&format!("client property `{k}` refused: {e}")))),
             }
         }
         Ok(())

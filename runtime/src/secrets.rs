@@ -67,7 +67,7 @@ fn is_key_char(c: char) -> bool {
 }
 
 /// One line with what follows each secret-looking key masked: after `=` or `:` the rest of the
-/// line (a JAAS config holds spaces), after whitespace the next word.
+/// line (a JAAS config holds spaces), after whitespace the next word (unquoted keys only).
 fn mask_after_keys(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut rest = line;
@@ -76,9 +76,11 @@ fn mask_after_keys(line: &str) -> String {
         rest = &rest[start..];
         let end = rest.find(|c| !is_key_char(c)).unwrap_or(rest.len());
         let (word, after) = rest.split_at(end);
+        // The end of a path (`/etc/kafka/secrets.properties: ...`) is a file name, not a key.
+        let in_path = out.ends_with(['/', '\\']);
         out.push_str(word);
         rest = after;
-        if !is_secret_key(word) {
+        if in_path || !is_secret_key(word) {
             continue;
         }
         // A quoted key (`"sasl.password"`) keeps its closing quote.
@@ -98,7 +100,9 @@ fn mask_after_keys(line: &str) -> String {
                 }
                 return out;
             }
-            Some(c) if gap > 0 && c != '`' && c != '(' => {
+            // `key value` (a properties line, librdkafka's `key value` echo); a quoted key
+            // followed by words is prose ("`sasl.password` refused: ...").
+            Some(c) if gap > 0 && quote == 0 && c != '(' => {
                 out.push_str(&rest[..gap]);
                 let value = &rest[gap..];
                 let end = value.find(char::is_whitespace).unwrap_or(value.len());
@@ -150,8 +154,13 @@ mod tests {
             "sasl.jaas.config=****"
         );
         assert_eq!(
-            mask("invalid \"ssl.key.password\" xyz for it"),
-            "invalid \"ssl.key.password\" **** for it"
+            mask("Client config error: ssl.key.password xyz"),
+            "Client config error: ssl.key.password ****"
+        );
+        assert_eq!(
+            mask("client property `sasl.jaas.config` refused: no such property"),
+            "client property `sasl.jaas.config` refused: no such property",
+            "prose after a quoted key"
         );
         assert_eq!(mask("sasl.username=alice"), "sasl.username=alice", "not a secret");
         assert_eq!(
@@ -160,6 +169,11 @@ mod tests {
             "no value follows"
         );
         assert_eq!(mask("a\nsasl.password=x\nb"), "a\nsasl.password=****\nb");
+        assert_eq!(
+            mask("/etc/kafka/client.secrets.properties: line 2: sasl.password=x"),
+            "/etc/kafka/client.secrets.properties: line 2: sasl.password=****",
+            "a file name is not a key"
+        );
     }
 
     #[test]
