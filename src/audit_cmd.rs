@@ -36,7 +36,7 @@ pub fn run(cmd: AuditCommand) -> Result<(), String> {
             if kafka.brokers.is_none() && kafka.config.is_none() {
                 return Err("audit verify: give an audit log PATH, or --brokers HOST:PORT for a running deployment".into());
             }
-            let config = kafka.config()?;
+            let config = kafka.connect()?;
             let records = horizon_runtime::replica::read_log(&config, "horizon").map_err(|e| e.to_string())?;
             let mut chainer = Chainer::default();
             for r in &records {

@@ -52,7 +52,7 @@ pub fn run(args: BenchKafkaArgs) -> Result<(), String> {
         .map(feed::trade_event)
         .take(args.events)
         .collect();
-    let config = args.kafka.config()?;
+    let config = args.kafka.connect()?;
     let values: Vec<Vec<u8>> = events.iter().map(|e| e.encode()).collect();
     let raw = bench::raw_roundtrip(&config, &values).map_err(|e| format!("raw rdkafka: {e}"))?;
     eprintln!("horizon bench kafka: raw rdkafka {:.0} records/s", raw.events_per_second);

@@ -87,7 +87,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("horizon: {e}");
+            // Through the one masking function: an error may echo a client property's value.
+            eprintln!("horizon: {}", horizon_runtime::secrets::mask(&e));
             ExitCode::FAILURE
         }
     }

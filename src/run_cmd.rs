@@ -22,9 +22,26 @@ pub struct KafkaArgs {
     /// to every client.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Bound on reaching the brokers at start and on each request to them (a flush, a metadata
+    /// or offset query): `30`, `30s`, `500ms`, `2m`.
+    #[arg(long, default_value = "30s", value_parser = parse_timeout)]
+    pub timeout: Duration,
+}
+
+/// `--timeout`: a bare number is seconds.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let ms = match s.trim().parse::<u64>() {
+        Ok(secs) => secs.checked_mul(1000).and_then(|ms| i64::try_from(ms).ok()),
+        Err(_) => horizon_core::time::parse_duration_ms(s),
+    };
+    match ms {
+        Some(ms) if ms > 0 => Ok(Duration::from_millis(ms as u64)),
+        _ => Err(format!("`{s}` is not a positive duration (30, 30s, 500ms, 2m)")),
+    }
 }
 
 impl KafkaArgs {
+    /// The client settings, checked by librdkafka (no connection yet).
     pub fn config(&self) -> Result<KafkaConfig, String> {
         let mut c = match &self.config {
             Some(path) => read_properties(path)?,
@@ -36,17 +53,31 @@ impl KafkaArgs {
         if c.bootstrap.trim().is_empty() {
             return Err("no brokers: pass --brokers HOST:PORT (or bootstrap.servers in --config)".into());
         }
+        c.request_timeout = self.timeout;
+        c.flush_timeout = self.timeout;
+        let named = |e: horizon_core::bus::BusError| match &self.config {
+            Some(path) => format!("{}: {e}", path.display()),
+            None => e.to_string(),
+        };
+        c.validate().map_err(named)?;
+        Ok(c)
+    }
+
+    /// `config`, once a broker has answered within `--timeout`.
+    pub fn connect(&self) -> Result<KafkaConfig, String> {
+        let c = self.config()?;
+        horizon_runtime::kafka::check_reachable(&c).map_err(|e| e.to_string())?;
         Ok(c)
     }
 }
 
 fn read_properties(path: &Path) -> Result<KafkaConfig, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    // bootstrap.servers may come from --brokers instead.
+    // bootstrap.servers may come from --brokers instead; added last, so line numbers hold.
     let text = if text.lines().any(|l| l.trim_start().starts_with("bootstrap.servers")) {
         text
     } else {
-        format!("bootstrap.servers=\n{text}")
+        format!("{text}\nbootstrap.servers=")
     };
     KafkaConfig::from_properties(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -74,6 +105,10 @@ pub struct RunArgs {
     /// /openapi.json (runtime/openapi.json).
     #[arg(long)]
     pub http: Option<String>,
+    /// A file holding the query API's bearer token: every route but /health and /ready then
+    /// requires `Authorization: Bearer <token>`.
+    #[arg(long, requires = "http")]
+    pub http_token_file: Option<PathBuf>,
     /// Where the notify stage delivers, as JSON lines (default: stdout).
     #[arg(long)]
     pub notify_out: Option<PathBuf>,
@@ -97,6 +132,7 @@ pub struct RunArgs {
 pub fn run(args: RunArgs) -> Result<(), String> {
     let (_path, scenario) = load_scenario(&args.scenario)?;
     let config = args.kafka.config()?;
+    let token = args.http_token_file.as_deref().map(api::read_token_file).transpose()?;
     let stages = StageKind::parse_list(&args.services)?;
     let mut options = ServiceOptions::new(stages.clone(), args.group_prefix.clone());
     options.projections_group = args.projections_group.clone();
@@ -117,11 +153,15 @@ pub fn run(args: RunArgs) -> Result<(), String> {
         options.sink = Some(sink);
     }
     let stop = stop_on_signals()?;
+    horizon_runtime::kafka::check_reachable(&config).map_err(|e| e.to_string())?;
     let mut process = ServiceProcess::new(&scenario, &config, options).map_err(|e| e.to_string())?;
     let shared = SharedSnapshot::default();
     let mut served = None;
     if let Some(addr) = &args.http {
-        let server = api::serve(addr, shared.clone(), api::Catalog::from_scenario(&scenario))?;
+        let server = api::serve_with_token(addr, shared.clone(), api::Catalog::from_scenario(&scenario), token)?;
+        if let Some(warning) = api::exposure_warning(server.addr, server.token_required) {
+            eprintln!("horizon run: warning: {warning}");
+        }
         served = Some(server.addr);
     }
     eprintln!(
@@ -151,9 +191,10 @@ pub struct DigestArgs {
     /// Prefix of the replica's own consumer group.
     #[arg(long, default_value = "horizon")]
     pub group_prefix: String,
-    /// Give up when not caught up after this many seconds.
+    /// Give up when not caught up after this many seconds (reaching the brokers is bounded by
+    /// --timeout).
     #[arg(long, default_value_t = 300)]
-    pub timeout: u64,
+    pub catch_up_secs: u64,
     /// Print digests and views as JSON.
     #[arg(long)]
     pub json: bool,
@@ -161,8 +202,8 @@ pub struct DigestArgs {
 
 pub fn digest(args: DigestArgs) -> Result<(), String> {
     let (_path, scenario) = load_scenario(&args.scenario)?;
-    let config = args.kafka.config()?;
-    let r = replica::build(&scenario, &config, &args.group_prefix, Duration::from_secs(args.timeout)).map_err(|e| e.to_string())?;
+    let config = args.kafka.connect()?;
+    let r = replica::build(&scenario, &config, &args.group_prefix, Duration::from_secs(args.catch_up_secs)).map_err(|e| e.to_string())?;
     if args.json {
         let v = serde_json::json!({"digests": r.digests(), "events": r.events, "records_read": r.records_read, "views": r.views()});
         println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);

@@ -2,7 +2,7 @@
 //! source and whether its recorded data is present; `show` reads one scenario's market source
 //! through (the whole file, for a recording) and tells its span, symbols and event counts.
 
-use crate::sim_cmd::{self, load_scenario};
+use crate::sim_cmd::{self, load_scenario, RecordingArgs};
 use horizon_core::generator::MarketGenerator;
 use horizon_core::pipeline::MemoryRun;
 use horizon_core::scenario::Scenario;
@@ -28,9 +28,8 @@ pub enum ScenarioCommand {
         scenario: String,
         #[arg(long)]
         json: bool,
-        /// Recorded data: skip malformed lines (counted by reason) instead of stopping.
-        #[arg(long)]
-        skip_bad: bool,
+        #[command(flatten)]
+        recording: RecordingArgs,
     },
     /// Runs the scenario and writes one symbol's bars of one interval with the EMAs the signals
     /// use, as CSV, for checking the analytics independently (`scripts/crosscheck.py`).
@@ -46,22 +45,22 @@ pub enum ScenarioCommand {
         /// EMA spans, comma-separated (default: the scenario's fast and slow).
         #[arg(long)]
         ema: Option<String>,
-        #[arg(long)]
-        skip_bad: bool,
+        #[command(flatten)]
+        recording: RecordingArgs,
     },
 }
 
 pub fn run(cmd: ScenarioCommand) -> Result<(), String> {
     match cmd {
         ScenarioCommand::List { json } => list(json),
-        ScenarioCommand::Show { scenario, json, skip_bad } => show(&scenario, json, skip_bad),
+        ScenarioCommand::Show { scenario, json, recording } => show(&scenario, json, recording),
         ScenarioCommand::Bars {
             scenario,
             interval,
             symbol,
             ema,
-            skip_bad,
-        } => bars(&scenario, interval, symbol, ema, skip_bad),
+            recording,
+        } => bars(&scenario, interval, symbol, ema, recording),
     }
 }
 
@@ -176,11 +175,11 @@ struct Shown {
     recording: Option<ReadReport>,
 }
 
-fn show(arg: &str, json: bool, skip_bad: bool) -> Result<(), String> {
+fn show(arg: &str, json: bool, recording: RecordingArgs) -> Result<(), String> {
     let (path, s) = load_scenario(arg)?;
     let mut per_symbol: BTreeMap<String, SymbolCount> = BTreeMap::new();
     let report = if s.market.recording.is_some() {
-        let (_, report) = sim_cmd::with_feed(&s, s.seed, skip_bad, |events| {
+        let (_, report) = sim_cmd::with_feed(&s, s.seed, recording, |events| {
             for e in events {
                 count(&mut per_symbol, &e);
             }
@@ -276,7 +275,7 @@ fn count(per_symbol: &mut BTreeMap<String, SymbolCount>, e: &horizon_core::event
 
 /// The bars the pipeline built for one symbol and interval, with the EMAs of their closes as
 /// the signals service computes them (`signals::Ema`), as CSV on stdout.
-fn bars(arg: &str, interval: Option<String>, symbol: Option<String>, ema: Option<String>, skip_bad: bool) -> Result<(), String> {
+fn bars(arg: &str, interval: Option<String>, symbol: Option<String>, ema: Option<String>, recording: RecordingArgs) -> Result<(), String> {
     let (_, s) = load_scenario(arg)?;
     let interval_ms = match &interval {
         Some(i) => parse_duration_ms(i).ok_or_else(|| format!("--interval: `{i}` is not a duration like 1m"))?,
@@ -291,7 +290,7 @@ fn bars(arg: &str, interval: Option<String>, symbol: Option<String>, ema: Option
         (None, Some(c)) => vec![c.fast, c.slow],
         (None, None) => vec![],
     };
-    let (run, _) = sim_cmd::with_feed(&s, s.seed, skip_bad, |events| MemoryRun::run(&s, events, 8192))?;
+    let (run, _) = sim_cmd::with_feed(&s, s.seed, recording, |events| MemoryRun::run(&s, events, 8192))?;
     let p = run.pipeline.projections().ok_or("the run produced no projections")?;
     let key = format_duration_ms(interval_ms);
     let series = p

@@ -22,9 +22,20 @@ pub struct SimArgs {
     /// Write the event log and projection snapshots to this directory.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub recording: RecordingArgs,
+}
+
+/// How to read a scenario's recording, for every command that replays one.
+#[derive(clap::Args, Clone, Copy, Default)]
+pub struct RecordingArgs {
     /// Recorded data: skip malformed lines (counted by reason) instead of stopping at the first.
     #[arg(long)]
     pub skip_bad: bool,
+    /// Recorded data: replay a recording without records (empty or header-only) as zero events,
+    /// with a warning, instead of refusing it.
+    #[arg(long)]
+    pub allow_empty: bool,
 }
 
 /// Finds a scenario by path, or by name in `scenarios/`.
@@ -65,11 +76,12 @@ pub fn data_dir() -> Result<PathBuf, String> {
 /// The market feed of a scenario: its generator's trades, or its recording's records. Runs `f`
 /// over the feed's events and returns its result with the recording's report (`None` for a
 /// generated market); a recording that stops at an error (a malformed line without
-/// `--skip-bad`) is that error.
+/// `--skip-bad`) is that error, and one without records is refused before `f` runs (a warning
+/// with `--allow-empty` or `allow_empty = true`).
 pub fn with_feed<R>(
     scenario: &Scenario,
     seed: u64,
-    skip_bad: bool,
+    flags: RecordingArgs,
     f: impl FnOnce(&mut dyn Iterator<Item = horizon_core::event::Event>) -> R,
 ) -> Result<(R, Option<recorded::ReadReport>), String> {
     if scenario.market.recording.is_none() {
@@ -78,11 +90,18 @@ pub fn with_feed<R>(
         return Ok((f(&mut generator.map(feed::trade_event)), None));
     }
     let mut scenario = scenario.clone();
+    let mut allow_empty = flags.allow_empty;
     if let Some(r) = scenario.market.recording.as_mut() {
-        r.skip_bad |= skip_bad;
+        r.skip_bad |= flags.skip_bad;
+        allow_empty |= r.allow_empty;
     }
     let dir = data_dir()?;
     let mut feed = recorded::open_feed(&scenario, &dir).map_err(|e| e.to_string())?;
+    match feed.require_records(allow_empty) {
+        Ok(None) => {}
+        Ok(Some(empty)) => eprintln!("horizon: warning: {empty}; replayed as zero events (allow-empty)"),
+        Err(e) => return Err(format!("{e} (--allow-empty replays it as zero events)")),
+    }
     let (out, failure) = recorded::drive(&mut feed, f);
     if let Some(e) = failure {
         let hint = if e.problem.skippable() {
@@ -99,7 +118,7 @@ pub fn run(args: SimArgs) -> Result<(), String> {
     let (_path, scenario) = load_scenario(&args.scenario)?;
     let seed = args.seed.unwrap_or(scenario.seed);
     let started = Instant::now();
-    let (run, report) = with_feed(&scenario, seed, args.skip_bad, |events| MemoryRun::run(&scenario, events, 8192))?;
+    let (run, report) = with_feed(&scenario, seed, args.recording, |events| MemoryRun::run(&scenario, events, 8192))?;
     let wall = started.elapsed();
     let summary = run.summary(&scenario, seed);
     if let Some(dir) = &args.out {

@@ -39,7 +39,7 @@ pub fn run(cmd: TopicsCommand) -> Result<(), String> {
                     ));
                 }
             }
-            let config = kafka.config()?;
+            let config = kafka.connect()?;
             admin::create_topics(&config.bootstrap, &config.properties, replication_factor, min_insync).map_err(|e| e.to_string())?;
             println!("topics ready on {} (replication factor {replication_factor}):", config.bootstrap);
             print_table();

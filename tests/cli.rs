@@ -2,6 +2,9 @@
 
 use std::process::{Command, Output};
 
+mod fixtures;
+use fixtures::{Recording, TARDIS_HEADER};
+
 fn horizon(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_horizon")).args(args).output().unwrap()
 }
@@ -185,4 +188,100 @@ fn query_names_a_bad_point_in_time() {
         &["--at", "yesterday"],
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A loopback port nothing listens on.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Runs `horizon ARGS`, killed if it is still running after `bound` (a hang fails the test).
+fn horizon_within(args: &[&str], bound: std::time::Duration) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_horizon"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + bound;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "horizon {} still running after {bound:?}; stderr: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn every_kafka_command_fails_within_its_timeout_naming_the_brokers_and_the_last_error() {
+    let brokers = format!("127.0.0.1:{}", closed_port());
+    let commands: [&[&str]; 6] = [
+        &["feed", "chop"],
+        &["topics", "create"],
+        &["digest", "--scenario", "chop"],
+        &["run", "--scenario", "chop"],
+        &["audit", "verify"],
+        &["bench", "kafka", "--scratch", "--events", "1000"],
+    ];
+    for command in commands {
+        let mut args = command.to_vec();
+        args.extend(["--brokers", &brokers, "--timeout", "2"]);
+        // 2 s asked; the bound only proves it does not hang.
+        let out = horizon_within(&args, std::time::Duration::from_secs(60));
+        assert_one_line_error(&out, &[&brokers, "Connection refused", "--timeout"]);
+    }
+}
+
+#[test]
+fn the_kafka_timeout_has_a_documented_default_and_refuses_nonsense() {
+    let help = String::from_utf8_lossy(&horizon(&["feed", "--help"]).stdout).into_owned();
+    assert!(help.contains("--timeout") && help.contains("[default: 30s]"), "{help}");
+    for bad in ["0", "soon", "1.5"] {
+        let out = horizon(&["topics", "create", "--brokers", "127.0.0.1:1", "--timeout", bad]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--timeout") && !stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn an_empty_or_header_only_recording_is_refused() {
+    for (file, text, what) in [
+        ("empty.csv", "", "no records (0 header/blank lines)"),
+        ("header.csv", TARDIS_HEADER, "no records (1 header/blank lines)"),
+    ] {
+        let r = Recording::new(file, text, "");
+        for args in [vec!["sim", r.scenario()], vec!["scenario", "show", r.scenario()]] {
+            let out = r.horizon(&args);
+            assert_one_line_error(&out, &[file, what, "--allow-empty"]);
+            assert!(out.stdout.is_empty(), "nothing replayed: {}", String::from_utf8_lossy(&out.stdout));
+        }
+    }
+}
+
+#[test]
+fn allow_empty_replays_an_empty_recording_with_a_warning() {
+    let r = Recording::new("header.csv", TARDIS_HEADER, "");
+    let keyed = Recording::new("header.csv", TARDIS_HEADER, "allow_empty = true");
+    for (data, args) in [
+        (&r, vec!["sim", r.scenario(), "--allow-empty"]),
+        (&keyed, vec!["sim", keyed.scenario()]),
+    ] {
+        let out = data.horizon(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one warning: {stderr}");
+        assert!(
+            stderr.contains("warning") && stderr.contains("header.csv: no records (1 header/blank lines)"),
+            "{stderr}"
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("0 feed events"));
+    }
 }

@@ -177,6 +177,10 @@ pub struct RecordingConfig {
     /// Skip malformed lines (counted by reason) instead of stopping at the first.
     #[serde(default)]
     pub skip_bad: bool,
+    /// Replay a recording without records (empty, header-only) as zero events with a warning,
+    /// instead of refusing it.
+    #[serde(default)]
+    pub allow_empty: bool,
     /// Interval of the recorded bars (`1m`) for bar formats whose rows do not carry it
     /// (`ohlcv`; default 1m). Klines carry it in their close time; when given it must agree.
     #[serde(default)]

@@ -12,6 +12,11 @@
 //! Time travel (`?at=` an RFC 3339 event time) is served by portfolios, positions, risk, bars,
 //! the notification feed and events. The routes and shapes are in `openapi.json`
 //! (`GET /openapi.json`).
+//!
+//! With a bearer token (`serve_with_token`, `horizon run --http-token-file`), every route but
+//! `/health` and `/ready` (probes, which seldom carry credentials, and which reveal nothing of
+//! the read models) requires `Authorization: Bearer <token>`, compared in constant time; else 401
+//! with `WWW-Authenticate: Bearer`. A 404 names what was asked for, never the ids that exist.
 
 // Handlers return an error `Response` early (once per request, off the processing loop).
 #![allow(clippy::result_large_err)]
@@ -141,13 +146,69 @@ struct AppState {
 /// A running server; it stops with the process.
 pub struct ApiServer {
     pub addr: SocketAddr,
+    /// Whether requests need the bearer token.
+    pub token_required: bool,
 }
 
-/// Binds `addr` (port 0 picks a free one) and serves `shared` on a thread of its own.
+/// Binds `addr` (port 0 picks a free one) and serves `shared` on a thread of its own, open to
+/// anyone who can reach it.
 pub fn serve(addr: &str, shared: SharedSnapshot, catalog: Catalog) -> Result<ApiServer, String> {
+    serve_with_token(addr, shared, catalog, None)
+}
+
+/// Routes served without the token.
+pub const OPEN_ROUTES: [&str; 2] = ["/health", "/ready"];
+
+/// The token in a file (surrounding whitespace, such as the final newline, is not part of it).
+pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("--http-token-file {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("--http-token-file {}: the file is empty", path.display()));
+    }
+    Ok(token.to_string())
+}
+
+/// What to warn about when the API is bound where other hosts reach it without a token.
+pub fn exposure_warning(bound: SocketAddr, token_required: bool) -> Option<String> {
+    (!token_required && !bound.ip().is_loopback())
+        .then(|| format!("the query API on {bound} is reachable from other hosts and needs no token (--http-token-file)"))
+}
+
+async fn require_token(State(token): State<Arc<str>>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use subtle::ConstantTimeEq as _;
+    if OPEN_ROUTES.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(t) if bool::from(t.trim().as_bytes().ct_eq(token.as_bytes())) => next.run(request).await,
+        _ => {
+            let (message, challenge) = match given {
+                Some(_) => (
+                    "the bearer token is not the API's",
+                    r#"Bearer realm="horizon", error="invalid_token""#,
+                ),
+                None => ("this route needs `Authorization: Bearer <token>`", r#"Bearer realm="horizon""#),
+            };
+            let mut r = error(StatusCode::UNAUTHORIZED, message);
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+            r
+        }
+    }
+}
+
+/// As `serve`; with `token`, every route but `OPEN_ROUTES` requires it.
+pub fn serve_with_token(addr: &str, shared: SharedSnapshot, catalog: Catalog, token: Option<String>) -> Result<ApiServer, String> {
     let listener = std::net::TcpListener::bind(addr).map_err(|e| format!("--http {addr}: {e}"))?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let token_required = token.is_some();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -164,13 +225,20 @@ pub fn serve(addr: &str, shared: SharedSnapshot, catalog: Catalog) -> Result<Api
                         return;
                     }
                 };
-                if let Err(e) = axum::serve(listener, router(shared, catalog)).await {
+                let mut app = router(shared, catalog);
+                if let Some(token) = token {
+                    app = app.layer(axum::middleware::from_fn_with_state(Arc::<str>::from(token), require_token));
+                }
+                if let Err(e) = axum::serve(listener, app).await {
                     eprintln!("horizon: query API stopped: {e}");
                 }
             })
         })
         .map_err(|e| e.to_string())?;
-    Ok(ApiServer { addr: bound })
+    Ok(ApiServer {
+        addr: bound,
+        token_required,
+    })
 }
 
 /// The routes served (also checked against `openapi.json` by the tests).
@@ -530,15 +598,10 @@ async fn portfolios(State(s): State<AppState>, RawQuery(q): RawQuery) -> Respons
     answer(&snap, json!(views.portfolios.keys().collect::<Vec<_>>()))
 }
 
-fn unknown_portfolio(s: &AppState, views: &Views, id: &str) -> Response {
-    let known: BTreeSet<&String> = s.catalog.portfolios.iter().chain(views.portfolios.keys()).collect();
-    error(
-        StatusCode::NOT_FOUND,
-        format!(
-            "unknown portfolio `{id}` (known: {})",
-            known.into_iter().cloned().collect::<Vec<_>>().join(", ")
-        ),
-    )
+/// A 404 for an unknown id: names the id asked for, never the ones that exist (a caller
+/// could otherwise enumerate portfolios, users and symbols).
+fn unknown(what: &str, id: &str) -> Response {
+    error(StatusCode::NOT_FOUND, format!("unknown {what} `{id}`"))
 }
 
 async fn portfolio(State(s): State<AppState>, Path(id): Path<String>, RawQuery(q): RawQuery) -> Response {
@@ -548,7 +611,7 @@ async fn portfolio(State(s): State<AppState>, Path(id): Path<String>, RawQuery(q
     let snap = tri!(p.snapshot(&s.shared).await);
     let views = tri!(views_at(&snap, at));
     let Some(v) = views.portfolios.get(&id) else {
-        return unknown_portfolio(&s, &views, &id);
+        return unknown("portfolio", &id);
     };
     let mut data = serde_json::to_value(v).unwrap_or(Value::Null);
     if !series {
@@ -564,7 +627,7 @@ async fn positions(State(s): State<AppState>, Path(id): Path<String>, RawQuery(q
     let views = tri!(views_at(&snap, at));
     match views.portfolios.get(&id) {
         Some(v) => answer(&snap, serde_json::to_value(&v.positions).unwrap_or(Value::Null)),
-        None => unknown_portfolio(&s, &views, &id),
+        None => unknown("portfolio", &id),
     }
 }
 
@@ -574,7 +637,7 @@ async fn risk(State(s): State<AppState>, Path(id): Path<String>, RawQuery(q): Ra
     let snap = tri!(p.snapshot(&s.shared).await);
     let views = tri!(views_at(&snap, at));
     if !views.portfolios.contains_key(&id) && !views.risk.contains_key(&id) {
-        return unknown_portfolio(&s, &views, &id);
+        return unknown("portfolio", &id);
     }
     let dash = views
         .risk
@@ -592,13 +655,7 @@ async fn bars(State(s): State<AppState>, Path((symbol, interval)): Path<(String,
     let state = tri!(state_of(&snap));
     let known_symbols: BTreeSet<&String> = s.catalog.symbols.iter().chain(state.bars.keys()).collect();
     if !known_symbols.contains(&symbol) {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "unknown symbol `{symbol}` (known: {})",
-                known_symbols.into_iter().cloned().collect::<Vec<_>>().join(", ")
-            ),
-        );
+        return unknown("symbol", &symbol);
     }
     let series = state.bars.get(&symbol);
     let known_intervals: BTreeSet<&String> = s
@@ -632,14 +689,7 @@ async fn notifications(State(s): State<AppState>, Path(user): Path<String>, RawQ
     let Some(views) = &snap.views else { return no_projections() };
     let feed = views.notifications.get(&user);
     if feed.is_none() && !s.catalog.users.contains(&user) {
-        let known: BTreeSet<&String> = s.catalog.users.iter().chain(views.notifications.keys()).collect();
-        return error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "unknown user `{user}` (known: {})",
-                known.into_iter().cloned().collect::<Vec<_>>().join(", ")
-            ),
-        );
+        return unknown("user", &user);
     }
     // As of `at`: the notifications with an event time at or before it (the feed is in time order).
     let rows: Vec<Value> = feed
@@ -661,10 +711,7 @@ async fn event(State(s): State<AppState>, Path(id): Path<String>, RawQuery(q): R
     let state = tri!(state_of(&snap));
     let chain = state.causation_chain(&id);
     if chain.is_empty() {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("unknown event `{id}` (not among the {} events applied)", state.audit.len()),
-        );
+        return unknown("event", &id);
     }
     if let Some(t) = at {
         // The event as known at `t`: it exists from its event time on, as in every other `?at=`
@@ -865,14 +912,107 @@ mod tests {
 
     /// A GET against a served API: (status, JSON body).
     fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
+        let (status, _, body) = request(addr, path, "");
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}")),
+        )
+    }
+
+    /// A GET with extra header lines (each ending in CRLF): (status, lowercased head, body).
+    fn request(addr: SocketAddr, path: &str, headers: &str) -> (u16, String, String) {
         use std::io::{Read, Write};
         let mut c = std::net::TcpStream::connect(addr).unwrap();
-        write!(c, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
+        write!(c, "GET {path} HTTP/1.1\r\nHost: test\r\n{headers}Connection: close\r\n\r\n").unwrap();
         let mut text = String::new();
         c.read_to_string(&mut text).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-        (status, serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body}")))
+        (status, head.to_ascii_lowercase(), body.to_string())
+    }
+
+    /// A server over empty projections of a deployment with known ids.
+    fn serve_known_ids(token: Option<&str>) -> ApiServer {
+        let service = ProjectionService {
+            initial_cash: BTreeMap::new(),
+        };
+        let shared = SharedSnapshot::default();
+        shared.set(Snapshot {
+            views: Some(service.views(&Projections::default())),
+            projections: Some(Arc::new(Projections::default())),
+            ready: true,
+            ..Default::default()
+        });
+        let catalog = Catalog {
+            symbols: vec!["BTCUSDT".into(), "ETHUSDT".into()],
+            intervals: vec!["1m".into()],
+            users: vec!["alice".into()],
+            portfolios: vec!["alpha".into()],
+        };
+        serve_with_token("127.0.0.1:0", shared, catalog, token.map(String::from)).unwrap()
+    }
+
+    #[test]
+    fn with_a_token_every_route_but_the_probes_needs_it() {
+        let api = serve_known_ids(Some("s3cret-token"));
+        assert!(api.token_required);
+        let good = "Authorization: Bearer s3cret-token\r\n";
+        for route in ["/portfolios", "/metrics", "/digest", "/stats", "/openapi.json", "/nowhere"] {
+            let (status, head, body) = request(api.addr, route, "");
+            assert_eq!(status, 401, "{route}: {body}");
+            assert!(head.contains("www-authenticate: bearer realm=\"horizon\""), "{route}: {head}");
+            let body: Value = serde_json::from_str(&body).unwrap();
+            assert!(body["error"].as_str().unwrap().contains("Bearer"), "{body}");
+            let (status, head, _) = request(api.addr, route, "Authorization: Bearer wrong-token\r\n");
+            assert_eq!(status, 401, "{route}");
+            assert!(head.contains("error=\"invalid_token\""), "{head}");
+            let (status, _, body) = request(api.addr, route, "Authorization: Basic czNjcmV0LXRva2Vu\r\n");
+            assert_eq!(status, 401, "{route}: not a bearer token: {body}");
+            let (status, _, body) = request(api.addr, route, good);
+            assert_ne!(status, 401, "{route}: {body}");
+        }
+        assert_eq!(request(api.addr, "/portfolios", good).0, 200);
+        // Probes carry no credentials.
+        assert_eq!(request(api.addr, "/health", "").0, 200);
+        assert_eq!(request(api.addr, "/ready", "").0, 200);
+        // Without a token, the API is open.
+        let open = serve_known_ids(None);
+        assert!(!open.token_required);
+        assert_eq!(get(open.addr, "/portfolios").0, 200);
+    }
+
+    #[test]
+    fn a_404_names_the_id_asked_for_but_not_the_known_ones() {
+        let api = serve_known_ids(None);
+        for (path, asked) in [
+            ("/portfolios/beta", "beta"),
+            ("/portfolios/beta/positions", "beta"),
+            ("/portfolios/beta/risk", "beta"),
+            ("/users/mallory/notifications", "mallory"),
+            ("/bars/DOGEUSDT/1m", "DOGEUSDT"),
+            ("/events/no-such-event", "no-such-event"),
+        ] {
+            let (status, body) = get(api.addr, path);
+            assert_eq!(status, 404, "{path}: {body}");
+            let message = body["error"].as_str().unwrap();
+            assert!(message.contains(asked), "{path}: {message}");
+            for known in ["alpha", "alice", "BTCUSDT", "ETHUSDT"] {
+                assert!(!message.contains(known), "{path} lists `{known}`: {message}");
+            }
+        }
+    }
+
+    #[test]
+    fn binding_beyond_loopback_without_a_token_is_warned_about() {
+        let warn = |a: &str, token| exposure_warning(a.parse().unwrap(), token);
+        for exposed in ["0.0.0.0:8080", "192.168.1.20:8080", "[::]:8080"] {
+            let w = warn(exposed, false).unwrap_or_else(|| panic!("{exposed}: no warning"));
+            assert!(w.contains(exposed) && w.contains("--http-token-file"), "{w}");
+            assert_eq!(warn(exposed, true), None, "{exposed} with a token");
+        }
+        for local in ["127.0.0.1:8080", "[::1]:8080"] {
+            assert_eq!(warn(local, false), None, "{local}");
+        }
     }
 
     #[test]

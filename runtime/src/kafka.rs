@@ -36,6 +36,7 @@
 //! `ssl.*`, `client.id`, `linger.ms`) are passed to librdkafka verbatim; only the settings the
 //! loop's guarantees rest on are enforced over them.
 
+use crate::secrets;
 use bytes::Bytes;
 use horizon_core::bus::{self, BusError, Polled, Record, RefusedRecord, Topic, TopicPartition};
 use horizon_core::topics;
@@ -62,7 +63,8 @@ const FLUSH_POLL: Duration = Duration::from_micros(200);
 const QUEUE_FULL_WAIT: Duration = Duration::from_secs(30);
 
 /// Connection settings shared by every client: bootstrap servers plus any librdkafka property.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Its `Debug` masks secret-looking values (`crate::secrets`).
+#[derive(Clone, PartialEq, Eq)]
 pub struct KafkaConfig {
     pub bootstrap: String,
     /// Passed through verbatim to every client (producer, consumer, reader, admin).
@@ -71,6 +73,18 @@ pub struct KafkaConfig {
     pub flush_timeout: Duration,
     /// Bound on a metadata, committed-offset or commit request and on one `fetch`.
     pub request_timeout: Duration,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown: BTreeMap<&str, &str> = self.properties.iter().map(|(k, v)| (k.as_str(), secrets::shown(k, v))).collect();
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap", &self.bootstrap)
+            .field("properties", &shown)
+            .field("flush_timeout", &self.flush_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
 }
 
 impl KafkaConfig {
@@ -106,12 +120,18 @@ impl KafkaConfig {
                 continue;
             }
             let Some(at) = line.find(['=', ':']) else {
+                // Only the first word: the rest may be a secret's value (`sasl.pasword hunter2`).
+                let first = line.split_whitespace().next().unwrap_or_default();
                 return Err(BusError::Fatal(format!(
-                    "client properties line {}: expected key=value, got `{line}`",
+                    "client properties line {}: expected key=value after `{first}`",
                     n + 1
                 )));
             };
-            properties.insert(line[..at].trim().to_string(), line[at + 1..].trim().to_string());
+            let (key, value) = (line[..at].trim(), line[at + 1..].trim());
+            if secrets::is_secret_key(key) {
+                secrets::remember(value);
+            }
+            properties.insert(key.to_string(), value.to_string());
         }
         let bootstrap = properties
             .remove("bootstrap.servers")
@@ -124,6 +144,27 @@ impl KafkaConfig {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| BusError::Fatal(format!("cannot read {}: {e}", path.display())))?;
         KafkaConfig::from_properties(&text)
+    }
+
+    /// Checks every property with librdkafka without making a client. A key librdkafka does not
+    /// know has its value remembered as a secret (a misspelled `sasl.pasword` is one), and no
+    /// error here shows a secret's value.
+    pub fn validate(&self) -> Result<(), BusError> {
+        for (k, v) in &self.properties {
+            let mut one = ClientConfig::new();
+            one.set(k, v);
+            match one.create_native_config() {
+                Ok(_) => {}
+                Err(KafkaError::ClientConfig(res, desc, ..)) => {
+                    if secrets::is_secret_key(k) || matches!(res, rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN) {
+                        secrets::remember(v);
+                    }
+                    return Err(BusError::Fatal(secrets::mask(&format!("client property `{k}` refused: {desc}"))));
+                }
+                Err(e) => return Err(BusError::Fatal(secrets::mask(&format!("client property `{k}` refused: {e}")))),
+            }
+        }
+        Ok(())
     }
 
     /// `defaults`, then the user's properties, then `required` (what the guarantees rest on).
@@ -356,6 +397,73 @@ fn class_of(e: &KafkaError) -> ErrorClass {
             _ => ErrorClass::Retriable,
         },
     }
+}
+
+/// librdkafka's last error, from its error callback or an error or warning log line: what a
+/// failed connection says ("Connect to ipv4#127.0.0.1:9 failed: Connection refused"). The log
+/// callback runs on librdkafka's threads; the error callback when the client is polled.
+#[derive(Default)]
+struct LastError {
+    error: Mutex<Option<String>>,
+    log: Mutex<Option<String>>,
+}
+
+impl ClientContext for LastError {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        if matches!(level, L::Emerg | L::Alert | L::Critical | L::Error | L::Warning) {
+            // Without librdkafka's thread prefix ("[thrd:127.0.0.1:9/bootstrap]: ").
+            let text = message
+                .split_once("]: ")
+                .filter(|(t, _)| t.starts_with("[thrd:"))
+                .map_or(message, |(_, m)| m);
+            *self.log.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{text} ({fac})"));
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // "1/1 brokers are down" says less than the failure before it.
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::AllBrokersDown) {
+            *self.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_string());
+        }
+    }
+}
+
+impl ProducerContext for LastError {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {}
+}
+
+/// Fails within `config.request_timeout` unless a broker answers a metadata request: the error
+/// names the brokers and librdkafka's last error. Commands call it before their first blocking
+/// call, so an unreachable cluster is one line, not a silent wait.
+pub fn check_reachable(config: &KafkaConfig) -> Result<(), BusError> {
+    let timeout = config.request_timeout;
+    let client: BaseProducer<LastError> = config
+        .client_config(&[], &[])
+        .create_with_context(LastError::default())
+        .map_err(|e| BusError::Fatal(secrets::mask(&e.to_string())))?;
+    let deadline = Instant::now() + timeout;
+    let failure = loop {
+        // In slices, polling between them so the error callback runs.
+        let slice = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(1));
+        let result = client.client().fetch_metadata(None, slice);
+        client.poll(Duration::ZERO);
+        match result {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => break e,
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let context = client.context();
+    let last = [&context.error, &context.log]
+        .iter()
+        .find_map(|m| m.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        .unwrap_or_else(|| failure.to_string());
+    Err(BusError::Unavailable(secrets::mask(&format!(
+        "cannot reach the Kafka brokers {} within {timeout:?} (--timeout): {last}",
+        config.bootstrap
+    ))))
 }
 
 /// Maps a client error onto the bus's error kinds.

@@ -7,5 +7,6 @@ pub mod kafka;
 pub mod notify;
 pub mod recorded;
 pub mod replica;
+pub mod secrets;
 pub mod service;
 pub mod snapshots;

@@ -603,3 +603,34 @@ fn the_order_book_is_rebuilt_by_binance_sequence_rules_and_checked_against_ticke
     let (_, err, _) = read("data.ws", &(diff(5, 4, 3, "", "") + "\n"), Format::BinanceWs, false);
     assert_eq!(message(&err.unwrap()), "data.ws:1: field `data.u`: 4 is before U 5");
 }
+
+#[test]
+fn a_recording_without_records_is_refused_unless_allowed() {
+    use horizon_runtime::recorded::Feed;
+    let open = |f: &Fixture| Feed::new(RecordReader::open(&f.0, Format::TardisTrades, options(true)).unwrap());
+    let header = format!("{}\n\n", tardis_header());
+    let bad_row = format!("{}binance-futures,BTCUSDT,x,1,1,buy,1,1\n", header);
+    for (name, text, what) in [
+        ("empty.csv", String::new(), "no records (0 header/blank lines)"),
+        ("header.csv", header.clone(), "no records (2 header/blank lines)"),
+        ("bad.csv", bad_row, "no records (2 header/blank lines, 1 skipped)"),
+    ] {
+        let f = fixture(name, text.as_bytes());
+        let e = open(&f).require_records(false).unwrap_err();
+        assert_eq!(e.problem.kind(), "no records");
+        assert_eq!(e.to_string(), format!("{}: {what}", f.0.display()));
+        let mut allowed = open(&f);
+        let warning = allowed.require_records(true).unwrap().expect("a warning");
+        assert_eq!(warning, e);
+        assert!(allowed.next().is_none());
+    }
+    // A recording with a record: nothing to say, and the record read ahead is still delivered.
+    let f = fixture(
+        "one.csv",
+        format!("{header}binance-futures,BTCUSDT,1582329600000000,1582329600000001,7,buy,9663.1,0.5\n").as_bytes(),
+    );
+    let mut feed = open(&f);
+    assert_eq!(feed.require_records(false).unwrap(), None);
+    assert_eq!(feed.by_ref().count(), 1);
+    assert_eq!(feed.report().records, 1);
+}

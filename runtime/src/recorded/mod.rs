@@ -167,6 +167,8 @@ pub enum Problem {
     Inconsistent(String),
     /// The line is not in the format's shape (`<receive time ns> <json>`).
     Shape(String),
+    /// The whole file gave no record: what its lines were instead.
+    NoRecords(String),
 }
 
 impl Problem {
@@ -191,12 +193,13 @@ impl Problem {
             Problem::Json(_) => "not a JSON message",
             Problem::Inconsistent(_) => "inconsistent",
             Problem::Shape(_) => "malformed line",
+            Problem::NoRecords(_) => "no records",
         }
     }
 
     /// Whether `skip_bad` may skip the line (else the read stops).
     pub fn skippable(&self) -> bool {
-        !matches!(self, Problem::Io(_) | Problem::Header(_))
+        !matches!(self, Problem::Io(_) | Problem::Header(_) | Problem::NoRecords(_))
     }
 }
 
@@ -221,6 +224,7 @@ impl fmt::Display for Problem {
             Problem::Json(e) => write!(f, "not a JSON message: {e}"),
             Problem::Inconsistent(m) => f.write_str(m),
             Problem::Shape(m) => f.write_str(m),
+            Problem::NoRecords(m) => write!(f, "no records ({m})"),
         }
     }
 }
@@ -751,27 +755,60 @@ pub fn open_recording(scenario: &Scenario, data_dir: &Path) -> Result<RecordRead
 /// A recording as the feed's root events, with the reader's report.
 pub struct Feed {
     reader: RecordReader,
+    /// The first record, read ahead by `require_records`.
+    peeked: Option<Result<MarketRecord, ReadError>>,
 }
 
 impl Feed {
+    pub fn new(reader: RecordReader) -> Feed {
+        Feed { reader, peeked: None }
+    }
+
     pub fn report(&self) -> &ReadReport {
         self.reader.report()
+    }
+
+    /// Reads ahead to the first record. A recording that has none (empty, header-only, or every
+    /// line blank, skipped or ignored) is an error naming the file and what its lines were;
+    /// with `allow_empty` that error is returned as a warning (`Ok(Some)`) and the feed is empty.
+    /// A read error on the way is left for the iteration to return, as without the look-ahead.
+    pub fn require_records(&mut self, allow_empty: bool) -> Result<Option<ReadError>, ReadError> {
+        if self.peeked.is_none() {
+            self.peeked = self.reader.next();
+        }
+        if self.peeked.is_some() {
+            return Ok(None);
+        }
+        let r = self.report();
+        let mut what = format!("{} header/blank lines", r.header_lines + r.blank_lines);
+        for (n, kind) in [(r.skipped_lines(), "skipped"), (r.ignored_lines(), "ignored")] {
+            if n > 0 {
+                what.push_str(&format!(", {n} {kind}"));
+            }
+        }
+        let e = ReadError::whole_file(&r.file, Problem::NoRecords(what));
+        if allow_empty {
+            Ok(Some(e))
+        } else {
+            Err(e)
+        }
     }
 }
 
 impl Iterator for Feed {
     type Item = Result<Event, ReadError>;
     fn next(&mut self) -> Option<Self::Item> {
-        self.reader.next().map(|r| r.map(MarketRecord::into_event))
+        self.peeked
+            .take()
+            .or_else(|| self.reader.next())
+            .map(|r| r.map(MarketRecord::into_event))
     }
 }
 
 /// The feed of a scenario's recording: what `horizon sim`, `explore` and `feed` publish on
 /// `market.feed`. Consume it with `by_ref()` to read its `report()` afterwards.
 pub fn open_feed(scenario: &Scenario, data_dir: &Path) -> Result<Feed, ReadError> {
-    Ok(Feed {
-        reader: open_recording(scenario, data_dir)?,
-    })
+    Ok(Feed::new(open_recording(scenario, data_dir)?))
 }
 
 /// Runs `f` over the feed's events until the feed ends or fails; returns `f`'s result and the
