@@ -186,3 +186,11 @@ fn query_names_a_bad_point_in_time() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn run_names_a_bad_stall_or_drain_duration_before_connecting() {
+    let out = horizon(&["run", "--brokers", "127.0.0.1:1", "--scenario", "chop", "--stall-after", "soon"]);
+    assert_one_line_error(&out, &["--stall-after", "`soon`"]);
+    let out = horizon(&["run", "--brokers", "127.0.0.1:1", "--scenario", "chop", "--drain-timeout", "0s"]);
+    assert_one_line_error(&out, &["--drain-timeout", "`0s`"]);
+}

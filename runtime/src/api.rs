@@ -990,6 +990,77 @@ mod tests {
     }
 
     #[test]
+    fn a_stage_is_stalled_only_with_work_waiting_and_no_progress_past_the_bound() {
+        let health = Health::new(Duration::from_secs(10), ["idle", "retrying", "blocked"].map(String::from));
+        let t0 = Instant::now();
+        health.update(1, |h| {
+            h.waiting = true;
+            h.last_error = Some("broker unavailable: flush".into());
+            h.unsettled = Unsettled { outputs: 7, partitions: 2 };
+        });
+        health.update(2, |h| h.in_step_since = Some(t0));
+        let names = |at: Duration| -> Vec<String> { health.stalled(t0 + at).into_iter().map(|s| s.stage).collect() };
+        // Within the bound a retry is an outage being ridden out; a step is just running.
+        assert!(names(Duration::from_secs(5)).is_empty());
+        // Past it: the retrying stage and the step that has not returned; never the idle one.
+        assert_eq!(names(Duration::from_secs(11)), ["retrying", "blocked"]);
+        let retrying = &health.stalled(t0 + Duration::from_secs(11))[0];
+        assert_eq!(retrying.last_error.as_deref(), Some("broker unavailable: flush"));
+        assert_eq!(retrying.unsettled, Unsettled { outputs: 7, partitions: 2 });
+        assert!(retrying.stalled_for_ms >= 11_000);
+        // Progress clears it.
+        health.update(1, |h| {
+            h.last_progress = t0 + Duration::from_secs(10);
+            h.waiting = false;
+        });
+        assert_eq!(names(Duration::from_secs(11)), ["blocked"]);
+    }
+
+    #[test]
+    fn ready_is_503_naming_a_stalled_stage_and_metrics_flag_every_stage() {
+        let health = Arc::new(Health::new(Duration::from_secs(10), ["market", "signals"].map(String::from)));
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(60)).expect("uptime over a minute");
+        health.update(0, |h| {
+            h.last_progress = long_ago;
+            h.waiting = true;
+            h.last_error = Some("broker unavailable: 3 of 3 records were not delivered".into());
+        });
+        let shared = SharedSnapshot::default();
+        shared.set(Snapshot {
+            ready: true,
+            health: Some(health.clone()),
+            ..Default::default()
+        });
+        let api = serve("127.0.0.1:0", shared.clone(), Catalog::default()).unwrap();
+        let (status, body) = get(api.addr, "/ready");
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["ready"], false);
+        assert_eq!(body["stalled"].as_array().unwrap().len(), 1, "{body}");
+        assert_eq!(body["stalled"][0]["stage"], "market");
+        assert!(
+            body["stalled"][0]["last_error"].as_str().unwrap().contains("not delivered"),
+            "{body}"
+        );
+        let (_, stats) = get(api.addr, "/stats");
+        assert_eq!(stats["stalled"][0]["stage"], "market", "{stats}");
+        let metrics = render_metrics(&shared.get());
+        assert!(metrics.contains("# TYPE horizon_stage_stalled gauge"), "{metrics}");
+        assert!(metrics.contains("horizon_stage_stalled{stage=\"market\"} 1\n"), "{metrics}");
+        assert!(metrics.contains("horizon_stage_stalled{stage=\"signals\"} 0\n"), "{metrics}");
+        assert!(
+            metrics.contains("horizon_stage_no_progress_seconds{stage=\"market\"} 6"),
+            "{metrics}"
+        );
+
+        health.update(0, |h| {
+            h.last_progress = Instant::now();
+            h.waiting = false;
+        });
+        let (status, body) = get(api.addr, "/ready");
+        assert_eq!((status, body["stalled"].as_array().unwrap().len()), (200, 0), "{body}");
+    }
+
+    #[test]
     fn the_notification_feed_and_events_travel_in_time() {
         use horizon_core::event::EventType;
         use horizon_core::generator::MarketGenerator;
