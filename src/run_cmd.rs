@@ -2,11 +2,14 @@
 //! replica built from the log on demand.
 
 use crate::sim_cmd::load_scenario;
+use horizon_core::time::parse_duration_ms;
 use horizon_runtime::api::{self, SharedSnapshot};
 use horizon_runtime::kafka::KafkaConfig;
 use horizon_runtime::notify::{CircuitBreaker, JsonlSink, Sink};
 use horizon_runtime::replica;
-use horizon_runtime::service::{stop_on_signals, Backoff, ServiceOptions, ServiceProcess, StageKind};
+use horizon_runtime::service::{
+    stop_on_signals, unsettled_line, Backoff, ServiceOptions, ServiceProcess, StageKind, Watchdog, CLOSE_GRACE, UNSETTLED_EXIT,
+};
 use horizon_runtime::snapshots::SnapshotDir;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -127,6 +130,22 @@ pub struct RunArgs {
     /// records of its end.
     #[arg(long, default_value_t = 0)]
     pub ready_lag: u64,
+    /// A stage with work waiting and no progress for longer than this is stalled: /ready
+    /// answers 503 naming it, horizon_stage_stalled is 1 (1s, 500ms, 2m, ...).
+    #[arg(long, default_value = "30s")]
+    pub stall_after: String,
+    /// After SIGTERM, how long unsettled work may take to be acknowledged and committed; the
+    /// process exits 3 naming what is left (the consumers get 5 s more to leave their groups).
+    #[arg(long, default_value = "30s")]
+    pub drain_timeout: String,
+}
+
+/// A positive duration flag such as `30s`.
+fn duration_flag(flag: &str, value: &str) -> Result<Duration, String> {
+    match parse_duration_ms(value) {
+        Some(ms) if ms > 0 => Ok(Duration::from_millis(ms as u64)),
+        _ => Err(format!("{flag}: `{value}` is not a positive duration like 30s or 500ms")),
+    }
 }
 
 pub fn run(args: RunArgs) -> Result<(), String> {
@@ -142,6 +161,9 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     options.snapshot_records = args.snapshot_records.max(1);
     options.snapshot_interval = Duration::from_secs(args.snapshot_secs.max(1));
     options.ready_lag = args.ready_lag;
+    options.stall_after = duration_flag("--stall-after", &args.stall_after)?;
+    options.drain_timeout = duration_flag("--drain-timeout", &args.drain_timeout)?;
+    let shutdown_bound = options.drain_timeout + CLOSE_GRACE;
     if let Some(dir) = &args.state_dir {
         options.state_dir = Some(SnapshotDir::open(dir).map_err(|e| format!("--state-dir {}: {e}", dir.display()))?);
     }
@@ -172,12 +194,22 @@ pub fn run(args: RunArgs) -> Result<(), String> {
         config.bootstrap,
         served.map(|a| format!(", query API on http://{a}")).unwrap_or_default()
     );
+    let watchdog = Watchdog::arm(stop.clone(), shutdown_bound, process.health())?;
     let report = process.run(&stop, Some(&shared)).map_err(|e| e.to_string())?;
     let summary = serde_json::to_string(&report).map_err(|e| e.to_string())?;
     eprintln!(
         "horizon run: stopped ({}): {summary}",
         if stop.load(Ordering::SeqCst) { "signal" } else { "done" }
     );
+    let unsettled = !report.unsettled_at_exit.is_empty();
+    if unsettled {
+        watchdog.say(&unsettled_line(&process.health(), &report.unsettled_at_exit));
+    }
+    // The consumers leave their groups (the watchdog bounds this on a dead broker).
+    drop(process);
+    if unsettled {
+        std::process::exit(UNSETTLED_EXIT);
+    }
     Ok(())
 }
 

@@ -285,3 +285,11 @@ fn allow_empty_replays_an_empty_recording_with_a_warning() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("0 feed events"));
     }
 }
+
+#[test]
+fn run_names_a_bad_stall_or_drain_duration_before_connecting() {
+    let out = horizon(&["run", "--brokers", "127.0.0.1:1", "--scenario", "chop", "--stall-after", "soon"]);
+    assert_one_line_error(&out, &["--stall-after", "`soon`"]);
+    let out = horizon(&["run", "--brokers", "127.0.0.1:1", "--scenario", "chop", "--drain-timeout", "0s"]);
+    assert_one_line_error(&out, &["--drain-timeout", "`0s`"]);
+}

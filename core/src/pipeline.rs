@@ -9,7 +9,7 @@ use crate::event::{Event, EventType};
 use crate::manager::{ManagerConfig, PortfolioManager};
 use crate::market::{MarketConfig, MarketService};
 use crate::memory::MemoryBus;
-use crate::processor::{Processor, Stats, StepOutcome};
+use crate::processor::{Processor, Stats, StepOutcome, Unsettled};
 use crate::projections::{Digests, ProjectionService, Projections, Views};
 use crate::scenario::Scenario;
 use crate::service::Service;
@@ -32,6 +32,10 @@ pub trait Stage {
         Err(format!("`{}` does not restore from snapshots", self.name()))
     }
     fn stats(&self) -> &Stats;
+    /// What it holds that is not acknowledged or committed yet; nothing by default.
+    fn unsettled(&self) -> Unsettled {
+        Unsettled::default()
+    }
 }
 
 impl<S: Service> Stage for Processor<S> {
@@ -55,6 +59,9 @@ impl<S: Service> Stage for Processor<S> {
     }
     fn stats(&self) -> &Stats {
         &self.stats
+    }
+    fn unsettled(&self) -> Unsettled {
+        Processor::unsettled(self)
     }
 }
 

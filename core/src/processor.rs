@@ -48,6 +48,15 @@ pub struct Stats {
     pub commits: u64,
 }
 
+/// What a stage holds that is not settled yet: what its driver reports when it cannot finish.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Unsettled {
+    /// Records handled whose outputs await the broker's acknowledgement.
+    pub outputs: usize,
+    /// Partitions whose consumed offsets await commit.
+    pub partitions: usize,
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum StepOutcome {
     /// Handled this many records (0 for an assignment change).
@@ -136,6 +145,14 @@ impl<S: Service> Processor<S> {
     /// True when nothing awaits acknowledgement or commit.
     pub fn is_settled(&self) -> bool {
         self.pending.is_empty() && self.to_commit.is_empty()
+    }
+
+    /// What awaits acknowledgement and commit.
+    pub fn unsettled(&self) -> Unsettled {
+        Unsettled {
+            outputs: self.pending.len(),
+            partitions: self.to_commit.len(),
+        }
     }
 
     /// One turn of the loop.

@@ -17,6 +17,9 @@
 //! `/health` and `/ready` (probes, which seldom carry credentials, and which reveal nothing of
 //! the read models) requires `Authorization: Bearer <token>`, compared in constant time; else 401
 //! with `WWW-Authenticate: Bearer`. A 404 names what was asked for, never the ids that exist.
+//!
+//! Stalls are judged when asked (`Health`), not when the snapshot was composed: a stage stuck
+//! inside one step publishes no new snapshot piece, and must still turn `/ready` to 503.
 
 // Handlers return an error `Response` early (once per request, off the processing loop).
 #![allow(clippy::result_large_err)]
@@ -29,7 +32,7 @@ use axum::{Json, Router};
 pub use horizon_core::bus::{format_offsets, parse_offsets};
 use horizon_core::event::EventType;
 use horizon_core::fixed::Fixed;
-use horizon_core::processor::Stats;
+use horizon_core::processor::{Stats, Unsettled};
 use horizon_core::projections::{Digests, PortfolioLog, ProjectionService, Projections, Views};
 use horizon_core::time::Timestamp;
 use serde::Serialize;
@@ -37,7 +40,7 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// The OpenAPI 3 document of this API.
@@ -66,6 +69,98 @@ impl Histogram {
         self.count += 1;
         self.sum_seconds += s;
     }
+}
+
+/// How each stage of the process is progressing, written by the stage threads and read live by
+/// `/ready`, `/metrics` and `/stats`.
+#[derive(Debug)]
+pub struct Health {
+    /// No progress for longer than this while work is waiting is a stall (`--stall-after`).
+    pub stall_after: Duration,
+    stages: Vec<(String, Mutex<StageHealth>)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct StageHealth {
+    /// The last step that handled records, settled pending work, or found nothing to do.
+    pub last_progress: Instant,
+    /// When the step now running started (none between steps).
+    pub in_step_since: Option<Instant>,
+    /// Work waits: the last step was refused with outputs or commits pending, or input is known
+    /// to be waiting.
+    pub waiting: bool,
+    /// Why the last step was refused.
+    pub last_error: Option<String>,
+    pub unsettled: Unsettled,
+}
+
+/// A stage that is not making progress, as `/ready` and `/stats` name it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Stalled {
+    pub stage: String,
+    pub stalled_for_ms: u64,
+    pub last_error: Option<String>,
+    pub unsettled: Unsettled,
+}
+
+impl Health {
+    pub fn new(stall_after: Duration, stages: impl IntoIterator<Item = String>) -> Health {
+        let now = Instant::now();
+        let fresh = StageHealth {
+            last_progress: now,
+            in_step_since: None,
+            waiting: false,
+            last_error: None,
+            unsettled: Unsettled::default(),
+        };
+        Health {
+            stall_after,
+            stages: stages.into_iter().map(|n| (n, Mutex::new(fresh.clone()))).collect(),
+        }
+    }
+
+    /// Changes the health of stage number `index` (in the order given to `new`).
+    pub fn update(&self, index: usize, change: impl FnOnce(&mut StageHealth)) {
+        if let Some((_, h)) = self.stages.get(index) {
+            change(&mut h.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+    }
+
+    /// Every stage's health as of now, with how long it has been stalled (none if it is not).
+    pub fn judge(&self, now: Instant) -> Vec<(&str, StageHealth, Option<Duration>)> {
+        self.stages
+            .iter()
+            .map(|(name, h)| {
+                let h = h.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let idle_for = now.saturating_duration_since(h.last_progress);
+                // A step running past the bound is blocked (an idle poll returns in 100 ms), so
+                // it counts as waiting work even though it has not reported yet.
+                let blocked = h.in_step_since.is_some_and(|t| now.saturating_duration_since(t) > self.stall_after);
+                let stalled = (h.waiting || blocked) && idle_for > self.stall_after;
+                (name.as_str(), h, stalled.then_some(idle_for))
+            })
+            .collect()
+    }
+
+    /// The stalled stages as of now.
+    pub fn stalled(&self, now: Instant) -> Vec<Stalled> {
+        self.judge(now)
+            .into_iter()
+            .filter_map(|(stage, h, stalled)| {
+                stalled.map(|d| Stalled {
+                    stage: stage.to_string(),
+                    stalled_for_ms: d.as_millis() as u64,
+                    last_error: h.last_error,
+                    unsettled: h.unsettled,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The stalled stages of a snapshot's process, as of now.
+fn stalled_now(snap: &Snapshot) -> Vec<Stalled> {
+    snap.health.as_ref().map(|h| h.stalled(Instant::now())).unwrap_or_default()
 }
 
 /// What the loop publishes for queries.
@@ -101,6 +196,9 @@ pub struct Snapshot {
     pub breaker: Option<String>,
     /// Wall-clock time of the snapshot (milliseconds since the Unix epoch).
     pub taken_at_ms: u64,
+    /// The stages' progress, live (not as of `taken_at_ms`).
+    #[serde(skip)]
+    pub health: Option<Arc<Health>>,
 }
 
 /// The latest snapshot, shared between the loop (writer) and the server (readers).
@@ -538,12 +636,10 @@ fn views_at(snap: &Snapshot, at: Option<Timestamp>) -> Result<Views, Response> {
 
 async fn ready(State(s): State<AppState>) -> Response {
     let snap = s.shared.get();
-    let body = json!({"ready": snap.ready, "offsets": snap.offsets, "lag": snap.lag});
-    let status = if snap.ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let stalled = stalled_now(&snap);
+    let ready = snap.ready && stalled.is_empty();
+    let body = json!({"ready": ready, "offsets": snap.offsets, "lag": snap.lag, "stalled": stalled});
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let mut r = (status, Json(body)).into_response();
     set_offsets_header(&mut r, &snap.offsets);
     r
@@ -586,7 +682,7 @@ async fn projections(State(s): State<AppState>, RawQuery(q): RawQuery) -> Respon
 async fn stats(State(s): State<AppState>) -> Response {
     let snap = s.shared.get();
     let mut r =
-        Json(json!({"stats": snap.stats, "retries": snap.retries, "delivery": snap.delivery, "breaker": snap.breaker})).into_response();
+        Json(json!({"stats": snap.stats, "retries": snap.retries, "delivery": snap.delivery, "breaker": snap.breaker, "stalled": stalled_now(&snap)})).into_response();
     set_offsets_header(&mut r, &snap.offsets);
     r
 }
@@ -867,6 +963,34 @@ pub fn render_metrics(snap: &Snapshot) -> String {
         let _ = writeln!(o, "horizon_step_duration_seconds_sum{{stage=\"{st}\"}} {}", h.sum_seconds);
         let _ = writeln!(o, "horizon_step_duration_seconds_count{{stage=\"{st}\"}} {}", h.count);
     }
+    if let Some(health) = &snap.health {
+        let now = Instant::now();
+        let judged = health.judge(now);
+        family(
+            &mut o,
+            "horizon_stage_stalled",
+            "gauge",
+            "1 when the stage has work waiting and made no progress for longer than --stall-after",
+        );
+        for (stage, _, stalled) in &judged {
+            let _ = writeln!(
+                o,
+                "horizon_stage_stalled{{stage=\"{}\"}} {}",
+                label(stage),
+                u8::from(stalled.is_some())
+            );
+        }
+        family(
+            &mut o,
+            "horizon_stage_no_progress_seconds",
+            "gauge",
+            "Seconds since the stage last handled records, settled its work or found nothing to do",
+        );
+        for (stage, h, _) in &judged {
+            let idle_for = now.saturating_duration_since(h.last_progress).as_secs_f64();
+            let _ = writeln!(o, "horizon_stage_no_progress_seconds{{stage=\"{}\"}} {idle_for:.3}", label(stage));
+        }
+    }
     if let Some(d) = &snap.delivery {
         family(
             &mut o,
@@ -1013,6 +1137,77 @@ mod tests {
         for local in ["127.0.0.1:8080", "[::1]:8080"] {
             assert_eq!(warn(local, false), None, "{local}");
         }
+    }
+
+    #[test]
+    fn a_stage_is_stalled_only_with_work_waiting_and_no_progress_past_the_bound() {
+        let health = Health::new(Duration::from_secs(10), ["idle", "retrying", "blocked"].map(String::from));
+        let t0 = Instant::now();
+        health.update(1, |h| {
+            h.waiting = true;
+            h.last_error = Some("broker unavailable: flush".into());
+            h.unsettled = Unsettled { outputs: 7, partitions: 2 };
+        });
+        health.update(2, |h| h.in_step_since = Some(t0));
+        let names = |at: Duration| -> Vec<String> { health.stalled(t0 + at).into_iter().map(|s| s.stage).collect() };
+        // Within the bound a retry is an outage being ridden out; a step is just running.
+        assert!(names(Duration::from_secs(5)).is_empty());
+        // Past it: the retrying stage and the step that has not returned; never the idle one.
+        assert_eq!(names(Duration::from_secs(11)), ["retrying", "blocked"]);
+        let retrying = &health.stalled(t0 + Duration::from_secs(11))[0];
+        assert_eq!(retrying.last_error.as_deref(), Some("broker unavailable: flush"));
+        assert_eq!(retrying.unsettled, Unsettled { outputs: 7, partitions: 2 });
+        assert!(retrying.stalled_for_ms >= 11_000);
+        // Progress clears it.
+        health.update(1, |h| {
+            h.last_progress = t0 + Duration::from_secs(10);
+            h.waiting = false;
+        });
+        assert_eq!(names(Duration::from_secs(11)), ["blocked"]);
+    }
+
+    #[test]
+    fn ready_is_503_naming_a_stalled_stage_and_metrics_flag_every_stage() {
+        let health = Arc::new(Health::new(Duration::from_secs(10), ["market", "signals"].map(String::from)));
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(60)).expect("uptime over a minute");
+        health.update(0, |h| {
+            h.last_progress = long_ago;
+            h.waiting = true;
+            h.last_error = Some("broker unavailable: 3 of 3 records were not delivered".into());
+        });
+        let shared = SharedSnapshot::default();
+        shared.set(Snapshot {
+            ready: true,
+            health: Some(health.clone()),
+            ..Default::default()
+        });
+        let api = serve("127.0.0.1:0", shared.clone(), Catalog::default()).unwrap();
+        let (status, body) = get(api.addr, "/ready");
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["ready"], false);
+        assert_eq!(body["stalled"].as_array().unwrap().len(), 1, "{body}");
+        assert_eq!(body["stalled"][0]["stage"], "market");
+        assert!(
+            body["stalled"][0]["last_error"].as_str().unwrap().contains("not delivered"),
+            "{body}"
+        );
+        let (_, stats) = get(api.addr, "/stats");
+        assert_eq!(stats["stalled"][0]["stage"], "market", "{stats}");
+        let metrics = render_metrics(&shared.get());
+        assert!(metrics.contains("# TYPE horizon_stage_stalled gauge"), "{metrics}");
+        assert!(metrics.contains("horizon_stage_stalled{stage=\"market\"} 1\n"), "{metrics}");
+        assert!(metrics.contains("horizon_stage_stalled{stage=\"signals\"} 0\n"), "{metrics}");
+        assert!(
+            metrics.contains("horizon_stage_no_progress_seconds{stage=\"market\"} 6"),
+            "{metrics}"
+        );
+
+        health.update(0, |h| {
+            h.last_progress = Instant::now();
+            h.waiting = false;
+        });
+        let (status, body) = get(api.addr, "/ready");
+        assert_eq!((status, body["stalled"].as_array().unwrap().len()), (200, 0), "{body}");
     }
 
     #[test]

@@ -14,7 +14,7 @@
 use horizon_core::bus::{BusError, Consumer, Polled, Producer, Topic, TopicPartition};
 use horizon_core::event::{Event, Payload};
 use horizon_core::pipeline::Stage;
-use horizon_core::processor::{Stats, StepOutcome};
+use horizon_core::processor::{Stats, StepOutcome, Unsettled};
 use horizon_core::topics;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -367,6 +367,13 @@ impl Stage for DeliveryStage {
 
     fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    fn unsettled(&self) -> Unsettled {
+        Unsettled {
+            outputs: self.pending.len(),
+            partitions: self.to_commit.len(),
+        }
     }
 }
 

@@ -18,10 +18,15 @@
 //! - A stop request (SIGTERM / Ctrl-C set the flag): every stage with unsettled work is stepped
 //!   until its outputs are acknowledged and its offsets stored (bounded by `drain_timeout`),
 //!   the stored offsets are committed, then the consumers leave their groups and `run` returns.
+//!   A step or a consumer's close can block on a dead broker past that bound: `Watchdog` ends
+//!   the process when the bound is over, whatever is blocked.
+//! - Each stage thread reports its progress to `Health` around every step: a stage with work
+//!   waiting (a refused step, known input) and no progress for longer than `stall_after` is
+//!   stalled, which `/ready` and `/metrics` show. Retrying through a short outage is not.
 //! - A restarted process recovers each stage's state by replay on assignment (the loop's
 //!   restore), the same mechanism the simulator's crash fault exercises.
 
-use crate::api::{Histogram, SharedSnapshot, Snapshot};
+use crate::api::{Health, Histogram, SharedSnapshot, Snapshot};
 use crate::kafka::{KafkaConfig, KafkaConsumer, KafkaProducer};
 use crate::notify::{CircuitBreaker, DeliveryCounters, DeliveryStage, Sink};
 use crate::snapshots::SnapshotDir;
@@ -135,6 +140,8 @@ pub struct ServiceOptions {
     pub snapshot_every: Duration,
     /// Bound on finishing in-flight work after a stop request.
     pub drain_timeout: Duration,
+    /// A stage with work waiting and no progress for longer than this is stalled.
+    pub stall_after: Duration,
     /// Where the `notify` stage delivers (required when it is selected).
     pub sink: Option<Box<dyn Sink>>,
     pub breaker: CircuitBreaker,
@@ -158,6 +165,7 @@ impl ServiceOptions {
             backoff: Backoff::default(),
             snapshot_every: Duration::from_millis(250),
             drain_timeout: Duration::from_secs(30),
+            stall_after: Duration::from_secs(30),
             sink: None,
             breaker: CircuitBreaker::new(5, Duration::from_secs(10)),
             state_dir: None,
@@ -179,6 +187,8 @@ pub fn replica_group(prefix: &str, stage: &str) -> String {
 
 struct Member {
     kind: StageKind,
+    /// This member's place in `Health`.
+    index: usize,
     consumer: KafkaConsumer,
     /// Each stage publishes through a producer of its own: its flush waits only for its own
     /// records, and stages on different threads never share a flush.
@@ -308,6 +318,7 @@ pub struct ServiceProcess {
     pub delivery: Option<DeliveryStage>,
     members: Vec<Member>,
     options: ServiceOptions,
+    health: Arc<Health>,
 }
 
 /// How often `run` composes the stages' snapshot pieces into the query snapshot.
@@ -374,10 +385,11 @@ struct Settings<'a> {
     snapshot_records: u64,
     snapshot_interval: Duration,
     ready_lag: u64,
+    health: &'a Health,
 }
 
 impl<'a> Settings<'a> {
-    fn of(o: &'a ServiceOptions) -> Settings<'a> {
+    fn of(o: &'a ServiceOptions, health: &'a Health) -> Settings<'a> {
         Settings {
             max_records: o.max_records,
             backoff: o.backoff,
@@ -387,6 +399,7 @@ impl<'a> Settings<'a> {
             snapshot_records: o.snapshot_records,
             snapshot_interval: o.snapshot_interval,
             ready_lag: o.ready_lag,
+            health,
         }
     }
 }
@@ -404,6 +417,7 @@ impl Member {
             return Ok(false);
         }
         let started = Instant::now();
+        s.health.update(self.index, |h| h.in_step_since = Some(started));
         let mut tracking = Tracking::new(&mut self.consumer, &mut self.applied, &mut self.timing);
         let mut publish = Duration::ZERO;
         let mut producer = TimedProducer {
@@ -416,6 +430,25 @@ impl Member {
         self.timing.steps += 1;
         self.timing.total += started.elapsed();
         self.timing.max_step = self.timing.max_step.max(started.elapsed());
+        let (unsettled, lag) = (stage.unsettled(), self.known_lag());
+        s.health.update(self.index, |h| {
+            h.in_step_since = None;
+            h.unsettled = unsettled;
+            match &outcome {
+                // Nothing polled while input is known to wait is no progress.
+                Ok(StepOutcome::Idle) if lag > 0 => h.waiting = true,
+                Ok(StepOutcome::Progress(_) | StepOutcome::Idle) => {
+                    h.last_progress = Instant::now();
+                    h.waiting = false;
+                    h.last_error = None;
+                }
+                Ok(StepOutcome::Retry(e)) => {
+                    h.waiting = true;
+                    h.last_error = Some(e.to_string());
+                }
+                Err(_) => {}
+            }
+        });
         match outcome {
             Ok(StepOutcome::Progress(n)) => {
                 if n > 0 {
@@ -536,6 +569,10 @@ impl Member {
             Ok(()) => Ok(None),
             Err(e) => {
                 eprintln!("horizon: {}: final commit: {e}", self.kind.name());
+                s.health.update(self.index, |h| {
+                    h.waiting = true;
+                    h.last_error = Some(format!("final commit: {e}"));
+                });
                 Ok(Some(self.kind.name().to_string()))
             }
         }
@@ -560,6 +597,14 @@ impl Member {
                 eprintln!("horizon: {}: saving the snapshot of task {task}: {e}", stage.name());
             }
         }
+    }
+
+    /// Records known to wait on the assigned partitions (as of the last `refresh_ends`).
+    fn known_lag(&self) -> u64 {
+        self.ends
+            .iter()
+            .map(|(tp, end)| end.saturating_sub(self.applied.get(tp).copied().unwrap_or(0)))
+            .sum()
     }
 
     /// Reads the end offsets of the assigned partitions (lag, readiness).
@@ -683,6 +728,7 @@ impl ServiceProcess {
             consumer.set_poll_timing(IDLE_POLL, Duration::ZERO);
             members.push(Member {
                 kind,
+                index: members.len(),
                 consumer,
                 producer: KafkaProducer::new(config)?,
                 failures: 0,
@@ -715,11 +761,16 @@ impl ServiceProcess {
                 }
             }
         }
+        let health = Arc::new(Health::new(
+            options.stall_after,
+            options.stages.iter().map(|k| k.name().to_string()),
+        ));
         Ok(ServiceProcess {
             pipeline,
             delivery,
             members,
             options,
+            health,
         })
     }
 
@@ -733,6 +784,11 @@ impl ServiceProcess {
         for m in &mut self.members {
             m.timing = StepTiming::default();
         }
+    }
+
+    /// The stages' progress, as the query API judges stalls.
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
     }
 
     pub fn stages(&self) -> Vec<&'static str> {
@@ -755,7 +811,7 @@ impl ServiceProcess {
         snapshot: Option<&SharedSnapshot>,
         mut watch: Option<&mut Watch<'_>>,
     ) -> Result<ServiceReport, BusError> {
-        let settings = Settings::of(&self.options);
+        let settings = Settings::of(&self.options, &self.health);
         let initial_cash = self.pipeline.projections.service().initial_cash.clone();
         let kinds: Vec<StageKind> = self.members.iter().map(|m| m.kind).collect();
         let stages = stages_for(&mut self.pipeline, self.delivery.as_mut(), &kinds);
@@ -764,7 +820,10 @@ impl ServiceProcess {
         let slots: Vec<Mutex<Option<Snapshot>>> = kinds.iter().map(|_| Mutex::new(None)).collect();
         let compose = || -> Option<Snapshot> {
             let pieces: Option<Vec<Snapshot>> = slots.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone()).collect();
-            pieces.map(|p| merge(p, &initial_cash))
+            pieces.map(|p| Snapshot {
+                health: Some(self.health.clone()),
+                ..merge(p, &initial_cash)
+            })
         };
         let outcomes: Vec<Result<Option<String>, BusError>> = std::thread::scope(|scope| {
             let mut handles = Vec::new();
@@ -853,6 +912,80 @@ fn stage_of(p: &mut Pipeline, kind: StageKind) -> &mut dyn Stage {
         StageKind::Portfolio => &mut p.manager,
         StageKind::Projections => &mut p.projections,
         StageKind::Notify => unreachable!("the notify stage is not part of the pipeline"),
+    }
+}
+
+/// `horizon run`'s exit code when a stop leaves work unsettled or outlasts its bound.
+pub const UNSETTLED_EXIT: i32 = 3;
+/// How long the consumers get to leave their groups after the drain bound.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// The one line naming the stages a stop left unsettled, what each holds and why.
+pub fn unsettled_line(health: &Health, stages: &[String]) -> String {
+    let judged = health.judge(Instant::now());
+    let parts: Vec<String> = stages
+        .iter()
+        .map(|stage| match judged.iter().find(|(name, _, _)| name == stage) {
+            Some((_, h, _)) => format!(
+                "{stage} ({} outputs pending, offsets of {} partitions not committed; last error: {})",
+                h.unsettled.outputs,
+                h.unsettled.partitions,
+                h.last_error.as_deref().unwrap_or("none")
+            ),
+            None => stage.clone(),
+        })
+        .collect();
+    format!(
+        "horizon run: stopped with unsettled work: {}; their inputs are processed again on restart (duplicates dropped by id)",
+        parts.join(", ")
+    )
+}
+
+/// Ends the process with `UNSETTLED_EXIT` once a stop request has run `bound` without the
+/// process exiting: a flush, a commit or a consumer's close can block on a dead broker longer
+/// than any bound the loop sets, and librdkafka's close cannot be interrupted.
+pub struct Watchdog {
+    /// Set once the line about unsettled work is printed, so it is printed once.
+    said: Arc<Mutex<bool>>,
+}
+
+impl Watchdog {
+    pub fn arm(stop: Arc<AtomicBool>, bound: Duration, health: Arc<Health>) -> Result<Watchdog, String> {
+        let said = Arc::new(Mutex::new(false));
+        let said_here = said.clone();
+        std::thread::Builder::new()
+            .name("horizon-watchdog".into())
+            .spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                std::thread::sleep(bound);
+                // Held until the exit, so no other line races this one.
+                let said = said_here.lock().unwrap_or_else(|p| p.into_inner());
+                if !*said {
+                    let busy: Vec<String> = health
+                        .judge(Instant::now())
+                        .into_iter()
+                        .filter(|(_, h, _)| h.waiting || h.in_step_since.is_some())
+                        .map(|(name, _, _)| name.to_string())
+                        .collect();
+                    if busy.is_empty() {
+                        eprintln!("horizon run: shutdown not finished within {bound:?} (consumers leaving their groups); exiting");
+                    } else {
+                        eprintln!("{}", unsettled_line(&health, &busy));
+                    }
+                }
+                std::process::exit(UNSETTLED_EXIT);
+            })
+            .map_err(|e| format!("starting the shutdown watchdog: {e}"))?;
+        Ok(Watchdog { said })
+    }
+
+    /// Prints the line about unsettled work (the watchdog then prints none).
+    pub fn say(&self, line: &str) {
+        let mut said = self.said.lock().unwrap_or_else(|p| p.into_inner());
+        eprintln!("{line}");
+        *said = true;
     }
 }
 
