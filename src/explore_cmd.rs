@@ -37,7 +37,8 @@ pub struct CaseArgs {
     #[arg(long)]
     pub faults: Option<String>,
     /// Run a deliberately broken service (`no-dedup`, `commit-first`, `arrival-order`,
-    /// `no-restore`); needs a binary built with `--features broken-services`.
+    /// `no-restore`, `hash-order`, `whole-dead-letter`); needs a binary built with
+    /// `--features broken-services`.
     #[arg(long)]
     pub broken: Option<String>,
 }

@@ -28,6 +28,22 @@ const RESTORE_CHUNK: u64 = 4096;
 /// its whole size, its blake3 hash and its source offset, where the rest can be fetched.
 pub const DEAD_LETTER_ORIGINAL_BYTES_MAX: usize = 64 * 1024;
 
+/// The most of a text field (the reason, the event id) a dead letter carries: a rejection that
+/// quotes its input (an unknown 1 MB symbol) must not make the letter too large to publish.
+pub const DEAD_LETTER_TEXT_BYTES_MAX: usize = 1024;
+
+/// `text` cut to at most `max` bytes at a character boundary, saying how long it was.
+fn bounded_text(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes in all)", &text[..end], text.len())
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
     pub records_in: u64,
@@ -312,13 +328,13 @@ impl<S: Service> Processor<S> {
         self.stats.dead_letters += 1;
         let (refused_topic, refused_partition) = refused.map_or((String::new(), 0), |(t, p)| (t.to_string(), p));
         let letter = pb::DeadLetter {
-            reason: reason.to_string(),
+            reason: bounded_text(reason, DEAD_LETTER_TEXT_BYTES_MAX),
             original: original.slice(..original.len().min(DEAD_LETTER_ORIGINAL_BYTES_MAX)),
             source_topic: source.topic.to_string(),
             source_partition: source.partition,
             source_offset: source.offset,
             service: self.service.name().to_string(),
-            event_id: event_id.to_string(),
+            event_id: bounded_text(event_id, DEAD_LETTER_TEXT_BYTES_MAX),
             original_size: original.len() as u64,
             original_blake3: Bytes::copy_from_slice(blake3::hash(original).as_bytes()),
             refused_topic,
@@ -394,7 +410,30 @@ impl<S: Service> Processor<S> {
             for r in refused {
                 let p = &done[r.index];
                 if p.topic == topics::DEADLETTER {
-                    return Err(BusError::Fatal(format!("a dead letter was refused: {}", r.reason)));
+                    // A broker whose limit is below even a bounded letter: the letter goes again
+                    // without the original (its size, hash and source still say where it is).
+                    let stub = decode_dead_letter(&p.value)
+                        .filter(|d| !d.original.is_empty())
+                        .ok_or_else(|| BusError::Fatal(format!("a dead letter was refused: {}", r.reason)))?;
+                    let stub = pb::DeadLetter {
+                        original: Bytes::new(),
+                        reason: bounded_text(
+                            &format!(
+                                "{} (the original left out: the letter with it was refused: {})",
+                                stub.reason, r.reason
+                            ),
+                            2 * DEAD_LETTER_TEXT_BYTES_MAX,
+                        ),
+                        ..stub
+                    };
+                    self.pending.push(PendingRecord {
+                        topic: p.topic,
+                        partition: p.partition,
+                        key: p.key.clone(),
+                        value: Bytes::from(stub.encode_to_vec()),
+                        cause: p.cause,
+                    });
+                    continue;
                 }
                 self.stats.outputs_refused += 1;
                 let reason = format!("output refused by {}/{}: {}", p.topic, p.partition, r.reason);
@@ -926,5 +965,113 @@ mod tests {
         assert_eq!((owner.stats.dead_letters, owner.stats.undecodable_skipped), (1, 0));
         assert_eq!((reader.stats.dead_letters, reader.stats.undecodable_skipped), (0, 1));
         assert_eq!((total(&owner), reader.states().map(|(_, n)| *n).sum::<u64>()), (2, 2));
+    }
+
+    /// Rejects every event, quoting its id in the reason (as the market quotes an unknown symbol).
+    struct Quoting;
+
+    impl Service for Quoting {
+        type State = ();
+        fn name(&self) -> &'static str {
+            "quoting"
+        }
+        fn inputs(&self) -> &'static [Topic] {
+            &[topics::MARKET_FEED]
+        }
+        fn handle(&self, _state: &mut (), event: &Event, _out: &mut Vec<crate::service::Output>) -> Result<(), crate::service::Rejection> {
+            Err(crate::service::Rejection(format!("unknown symbol `{}`", event.id)))
+        }
+    }
+
+    fn size_limited(bus: &MemoryBus, bytes_max: usize) -> SizeLimited {
+        SizeLimited {
+            inner: bus.producer(),
+            bytes_max,
+            at_flush: false,
+            whole_batch: false,
+            sent: 0,
+            refused: Vec::new(),
+            held: Vec::new(),
+        }
+    }
+
+    fn letters(bus: &MemoryBus) -> Vec<pb::DeadLetter> {
+        read_topic(bus, topics::DEADLETTER)
+            .iter()
+            .map(|r| decode_dead_letter(&r.value).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_rejection_that_quotes_a_huge_input_makes_a_letter_of_bounded_size() {
+        // Given an event with a 1 MB id, rejected by a service whose reason quotes it
+        let bus = MemoryBus::new();
+        let huge_id = "y".repeat(1_000_000);
+        let mut event = Event::decode(&trade_with_id("1")).unwrap();
+        event.id = huge_id.clone();
+        bus.producer().send(topics::MARKET_FEED, 0, b"k", &event.encode()).unwrap();
+        let mut producer = size_limited(&bus, 100 * 1024);
+        // When it is processed by a producer that refuses records over 100 KiB
+        let mut p = Processor::new(Quoting);
+        let mut c = bus.consumer("g", "a", &[topics::MARKET_FEED]);
+        while p.step(&mut c, &mut producer, 100).unwrap() != StepOutcome::Idle {}
+        // Then its letter is published, the reason and the event id cut to 1 KiB and saying how
+        // long they were
+        let letters = letters(&bus);
+        assert_eq!(letters.len(), 1);
+        let d = &letters[0];
+        assert!(d.reason.len() < DEAD_LETTER_TEXT_BYTES_MAX + 64, "{}", d.reason.len());
+        assert!(d.reason.starts_with("unknown symbol `"), "{}", &d.reason[..40]);
+        let stated: usize = d
+            .reason
+            .rsplit('(')
+            .next()
+            .unwrap()
+            .trim_end_matches(" bytes in all)")
+            .parse()
+            .unwrap();
+        assert!(stated > 1_000_000, "{}", &d.reason[d.reason.len() - 40..]);
+        assert!(d.event_id.len() < DEAD_LETTER_TEXT_BYTES_MAX + 64);
+        assert_eq!(d.original.len(), DEAD_LETTER_ORIGINAL_BYTES_MAX);
+        assert!(p.is_settled());
+        assert_eq!(
+            c.committed(TopicPartition {
+                topic: topics::MARKET_FEED,
+                partition: 0
+            })
+            .unwrap(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_letter_refused_for_its_size_goes_again_without_the_original() {
+        // Given a 50 KiB record that does not decode, and a broker that refuses over 10 KiB
+        let bus = MemoryBus::new();
+        let garbage = vec![0xff_u8; 50 * 1024];
+        bus.producer().send(topics::MARKET_FEED, 0, b"k", &garbage).unwrap();
+        let mut producer = size_limited(&bus, 10 * 1024);
+        // When it is processed
+        let mut p = Processor::new(Count);
+        let mut c = bus.consumer("g", "a", &[topics::MARKET_FEED]);
+        while p.step(&mut c, &mut producer, 100).unwrap() != StepOutcome::Idle {}
+        // Then one letter is published with no original, but its size, hash and source
+        let letters = letters(&bus);
+        assert_eq!(letters.len(), 1, "{letters:?}");
+        let d = &letters[0];
+        assert!(d.original.is_empty());
+        assert_eq!(d.original_size, garbage.len() as u64);
+        assert_eq!(&d.original_blake3[..], blake3::hash(&garbage).as_bytes());
+        assert_eq!((d.source_topic.as_str(), d.source_offset), ("market.feed", 0));
+        assert!(d.reason.contains("the original left out"), "{}", d.reason);
+        assert_eq!(p.stats.dead_letters, 1);
+        assert!(p.is_settled());
+    }
+
+    #[test]
+    fn bounded_text_cuts_at_a_character_boundary() {
+        assert_eq!(bounded_text("short", 10), "short");
+        let cut = bounded_text("ééééé", 3);
+        assert_eq!(cut, "é... (10 bytes in all)");
     }
 }

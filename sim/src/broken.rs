@@ -14,6 +14,9 @@
 //!   them by replay, so a restart or a rebalance loses them.
 //! - `hash-order`: a signals service that lists its strategies' views in hash-map order, so the
 //!   bytes it publishes differ from run to run (and between the processes of one run).
+//! - `whole-dead-letter`: a market stage that puts the whole original into a dead letter and
+//!   retries a refused publish as if the broker were down (what `horizon run` did before issue
+//!   17): one record over the producer's limit stops it for good.
 
 use crate::services::Stages;
 use horizon_core::bus::{BusError, Consumer, Polled, Producer, Record, Topic, TopicPartition};
@@ -21,11 +24,13 @@ use horizon_core::event::{Event, Payload, RebalanceReason, Signal};
 use horizon_core::fixed::Fixed;
 use horizon_core::pipeline::{Pipeline, Stage};
 use horizon_core::portfolio::{Portfolio, PortfolioConfig};
+use horizon_core::processor::{decode_dead_letter, DEAD_LETTER_ORIGINAL_BYTES_MAX};
 use horizon_core::processor::{Processor, Stats, StepOutcome};
 use horizon_core::scenario::Scenario;
 use horizon_core::service::{Output, Rejection, Service};
 use horizon_core::signals::{Breakout, EmaCrossover, SignalConfig, SignalService};
 use horizon_core::topics;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -35,15 +40,17 @@ pub enum Broken {
     ArrivalOrder,
     NoRestore,
     HashOrder,
+    WholeDeadLetter,
 }
 
 impl Broken {
-    pub const ALL: [Broken; 5] = [
+    pub const ALL: [Broken; 6] = [
         Broken::NoDedup,
         Broken::CommitFirst,
         Broken::ArrivalOrder,
         Broken::NoRestore,
         Broken::HashOrder,
+        Broken::WholeDeadLetter,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,6 +60,7 @@ impl Broken {
             Broken::ArrivalOrder => "arrival-order",
             Broken::NoRestore => "no-restore",
             Broken::HashOrder => "hash-order",
+            Broken::WholeDeadLetter => "whole-dead-letter",
         }
     }
 
@@ -63,6 +71,7 @@ impl Broken {
             Broken::ArrivalOrder => "portfolio rebalances per signal in arrival order (no event-time merge)",
             Broken::NoRestore => "market keeps open bars in memory only; restore rebuilds nothing",
             Broken::HashOrder => "signals list strategy views in hash-map order (bytes differ per run)",
+            Broken::WholeDeadLetter => "market dead-letters records whole and retries a refused publish for ever",
         }
     }
 
@@ -79,6 +88,10 @@ impl Broken {
                 held: Vec::new(),
             }),
             Broken::NoRestore => Box::new(NoRestore { inner: Box::new(p.market) }),
+            Broken::WholeDeadLetter => Box::new(WholeDeadLetter {
+                inner: Box::new(p.market),
+                large: RefCell::new(BTreeMap::new()),
+            }),
             _ => Box::new(p.market),
         };
         let signals: Box<dyn Stage> = match self {
@@ -263,6 +276,105 @@ impl Stage for CommitFirst {
     }
     fn crash(&mut self) {
         self.held.clear();
+        self.inner.crash();
+    }
+    fn stats(&self) -> &Stats {
+        self.inner.stats()
+    }
+}
+
+// ---- whole-dead-letter ----
+
+/// The market, with dead letters that carry their original whole (the consumer side remembers
+/// every record too large for a letter's bound, the producer side puts it back) and a producer
+/// that reports a refused record as the broker being unavailable.
+pub struct WholeDeadLetter {
+    inner: Box<dyn Stage>,
+    /// Polled records over the letters' bound, by position.
+    large: RefCell<BTreeMap<(String, u32, u64), bytes::Bytes>>,
+}
+
+struct Remembering<'a> {
+    inner: &'a mut dyn Consumer,
+    large: &'a RefCell<BTreeMap<(String, u32, u64), bytes::Bytes>>,
+}
+
+impl Consumer for Remembering<'_> {
+    fn poll(&mut self, max_records: usize) -> Result<Polled, BusError> {
+        let polled = self.inner.poll(max_records)?;
+        if let Polled::Records(records) = &polled {
+            for r in records.iter().filter(|r| r.value.len() > DEAD_LETTER_ORIGINAL_BYTES_MAX) {
+                self.large
+                    .borrow_mut()
+                    .insert((r.topic.to_string(), r.partition, r.offset), r.value.clone());
+            }
+        }
+        Ok(polled)
+    }
+    fn commit(&mut self, offsets: &[(TopicPartition, u64)]) -> Result<(), BusError> {
+        self.inner.commit(offsets)
+    }
+    fn committed(&mut self, tp: TopicPartition) -> Result<u64, BusError> {
+        self.inner.committed(tp)
+    }
+    fn fetch(&mut self, tp: TopicPartition, from: u64, to: u64) -> Result<Vec<Record>, BusError> {
+        self.inner.fetch(tp, from, to)
+    }
+}
+
+struct Inflating<'a> {
+    inner: &'a mut dyn Producer,
+    large: &'a RefCell<BTreeMap<(String, u32, u64), bytes::Bytes>>,
+}
+
+impl Inflating<'_> {
+    fn retriable(e: BusError) -> BusError {
+        match e {
+            BusError::Refused(r) => BusError::Unavailable(format!("{} record(s) not accepted", r.len())),
+            e => e,
+        }
+    }
+}
+
+impl Producer for Inflating<'_> {
+    fn send(&mut self, topic: Topic, partition: u32, key: &[u8], value: &[u8]) -> Result<(), BusError> {
+        let whole = (topic == topics::DEADLETTER)
+            .then(|| decode_dead_letter(value))
+            .flatten()
+            .and_then(|mut d| {
+                let at = (d.source_topic.clone(), d.source_partition, d.source_offset);
+                d.original = self.large.borrow().get(&at)?.clone();
+                Some(prost::Message::encode_to_vec(&d))
+            });
+        self.inner
+            .send(topic, partition, key, whole.as_deref().unwrap_or(value))
+            .map_err(Inflating::retriable)
+    }
+    fn flush(&mut self) -> Result<(), BusError> {
+        self.inner.flush().map_err(Inflating::retriable)
+    }
+}
+
+impl Stage for WholeDeadLetter {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn inputs(&self) -> &'static [Topic] {
+        self.inner.inputs()
+    }
+    fn step(&mut self, consumer: &mut dyn Consumer, producer: &mut dyn Producer, max_records: usize) -> Result<StepOutcome, BusError> {
+        let mut c = Remembering {
+            inner: consumer,
+            large: &self.large,
+        };
+        let mut p = Inflating {
+            inner: producer,
+            large: &self.large,
+        };
+        self.inner.step(&mut c, &mut p, max_records)
+    }
+    fn crash(&mut self) {
+        self.large.borrow_mut().clear();
         self.inner.crash();
     }
     fn stats(&self) -> &Stats {

@@ -80,6 +80,8 @@ struct Driver<'a> {
     /// Fault index → process slot, for scale-outs.
     scale_slot: BTreeMap<usize, usize>,
     cursor: usize,
+    /// The next of the feed's raw (poison) records to publish.
+    raw_cursor: usize,
     session_ns: u64,
 }
 
@@ -98,6 +100,8 @@ pub fn simulate(spec: &RunSpec) -> Finished {
         delivery: spec.schedule.delivery,
         faults: &spec.schedule.faults,
         render: spec.render,
+        producer_message_bytes_max: spec.profile.producer_message_bytes_max,
+        broker_message_bytes_max: spec.profile.broker_message_bytes_max,
     });
     let mut scale_slot = BTreeMap::new();
     for (i, f) in spec.schedule.faults.iter().enumerate() {
@@ -114,6 +118,7 @@ pub fn simulate(spec: &RunSpec) -> Finished {
         base,
         scale_slot,
         cursor: 0,
+        raw_cursor: 0,
         session_ns: spec.profile.session_timeout_ms * MS,
     };
     d.stages[0] = Some(first);
@@ -129,8 +134,8 @@ impl Driver<'_> {
             for p in 0..self.base {
                 w.join_all(p);
             }
-            if let Some(first) = self.spec.feed.items.first() {
-                w.queue.push(first.at_ns, Ev::Feed);
+            if let Some(first) = self.next_feed_ns() {
+                w.queue.push(first, Ev::Feed);
             }
             for (i, f) in self.spec.schedule.faults.iter().enumerate() {
                 let starts = matches!(
@@ -256,6 +261,13 @@ impl Driver<'_> {
         Ok(())
     }
 
+    /// When the gateway next has something to publish.
+    fn next_feed_ns(&self) -> Option<u64> {
+        let event = self.spec.feed.items.get(self.cursor).map(|i| i.at_ns);
+        let raw = self.spec.feed.raw.get(self.raw_cursor).map(|r| r.at_ns);
+        event.into_iter().chain(raw).min()
+    }
+
     fn publish_feed(&mut self) {
         let mut w = self.world.borrow_mut();
         if w.unavailable() {
@@ -263,19 +275,38 @@ impl Driver<'_> {
             w.queue.push(at, Ev::Feed);
             return;
         }
-        let items = &self.spec.feed.items;
+        let (items, raw) = (&self.spec.feed.items, &self.spec.feed.raw);
         let parts = topics::partitions(topics::MARKET_FEED);
         let base = w.layout.topic_partitions(0).start;
-        while self.cursor < items.len() && items[self.cursor].at_ns <= w.now {
-            let e = &items[self.cursor].event;
-            let key = e.aggregate_id.as_bytes();
+        let publish = |w: &mut World, key: &[u8], value: Bytes| {
+            if w.gateway_refuses(key.len() + value.len()) {
+                return;
+            }
             let tp = base + partition_for(key, parts) as usize;
-            w.append(tp, Bytes::copy_from_slice(key), Bytes::from(e.encode()), Who::Gateway);
+            w.append(tp, Bytes::copy_from_slice(key), value, Who::Gateway);
             w.counters.feed_published += 1;
-            self.cursor += 1;
+        };
+        loop {
+            let now = w.now;
+            let event = items.get(self.cursor).filter(|i| i.at_ns <= now);
+            let poison = raw.get(self.raw_cursor).filter(|r| r.at_ns <= now);
+            match (event, poison) {
+                // At one instant, poison goes after that instant's trades.
+                (Some(e), _) => {
+                    let e = &e.event;
+                    publish(&mut w, e.aggregate_id.as_bytes(), Bytes::from(e.encode()));
+                    self.cursor += 1;
+                }
+                (None, Some(r)) => {
+                    publish(&mut w, r.key.as_bytes(), r.value.clone());
+                    self.raw_cursor += 1;
+                }
+                (None, None) => break,
+            }
         }
-        if let Some(next) = items.get(self.cursor) {
-            w.queue.push(next.at_ns, Ev::Feed);
+        drop(w);
+        if let Some(next) = self.next_feed_ns() {
+            self.world.borrow_mut().queue.push(next, Ev::Feed);
         }
     }
 
@@ -425,6 +456,8 @@ fn add_stats(total: &mut Stats, s: &Stats) {
     }
     total.outputs += s.outputs;
     total.dead_letters += s.dead_letters;
+    total.outputs_refused += s.outputs_refused;
+    total.undecodable_skipped += s.undecodable_skipped;
     total.restored_records += s.restored_records;
     total.redelivered_skipped += s.redelivered_skipped;
     total.publish_retries += s.publish_retries;

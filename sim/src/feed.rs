@@ -8,7 +8,8 @@
 //! comparison isolates what the bus does, and the feed faults are judged by the invariants that
 //! do not need a reference (every valid trade reaches exactly one bar).
 
-use crate::schedule::Fault;
+use crate::schedule::{Fault, PoisonKind};
+use bytes::Bytes;
 use horizon_core::event::{Event, Payload};
 use horizon_core::feed::trade_event;
 use horizon_core::generator::MarketGenerator;
@@ -23,9 +24,20 @@ pub struct FeedItem {
     pub event: Event,
 }
 
+/// A record the gateway publishes that is not an event at all (`Fault::Poison`).
+#[derive(Clone, Debug)]
+pub struct RawItem {
+    pub at_ns: u64,
+    pub key: String,
+    pub value: Bytes,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Feed {
     pub items: Vec<FeedItem>,
+    /// Undecodable records, by time. The reference run leaves them out: a stage cannot apply
+    /// what it cannot decode (the market dead-letters them, other readers count them).
+    pub raw: Vec<RawItem>,
 }
 
 impl Feed {
@@ -52,7 +64,7 @@ impl Feed {
                 }
             })
             .collect();
-        Ok(Feed { items })
+        Ok(Feed { items, raw: Vec::new() })
     }
 
     /// Virtual time of the last publication, ms.
@@ -117,7 +129,61 @@ impl Feed {
                 items.splice(at..at, replayed);
             }
         }
-        Feed { items }
+        let mut raw = Vec::new();
+        for f in faults {
+            if let Fault::Poison { at_ms, symbol: s, kind } = *f {
+                let key = symbol(s);
+                let at = items.iter().position(|i| i.at_ns >= ms(at_ms)).unwrap_or(items.len());
+                let at_ns = items.get(at).map_or(ms(at_ms), |i| i.at_ns);
+                match poison(kind, at_ms, &key) {
+                    Poison::Event(event) => items.insert(at, FeedItem { at_ns, event: *event }),
+                    Poison::Raw(value) => raw.push(RawItem { at_ns, key, value }),
+                }
+            }
+        }
+        raw.sort_by_key(|r| r.at_ns);
+        Feed { items, raw }
+    }
+}
+
+/// Bytes of the `Oversized` poison record: over librdkafka's producer limit (1,000,000), under
+/// Kafka's broker limit (1,048,588).
+pub const POISON_OVERSIZED_BYTES: usize = 1_000_100;
+/// Length of the `HugeSymbol` poison trade's symbol.
+pub const POISON_SYMBOL_BYTES: usize = 1_000_000;
+
+enum Poison {
+    Event(Box<Event>),
+    Raw(Bytes),
+}
+
+/// The poison record of a kind. Undecodable ones start with a field key of wire type 7, which
+/// protobuf does not have, so no decoder can take them for an event.
+fn poison(kind: PoisonKind, at_ms: u64, key: &str) -> Poison {
+    let garbage = |len: usize| {
+        let mut v = Vec::with_capacity(len);
+        v.push(0x07);
+        v.extend(format!("poison@{at_ms}ms:").bytes().cycle().take(len - 1));
+        Bytes::from(v)
+    };
+    match kind {
+        PoisonKind::Garbage => Poison::Raw(garbage(300)),
+        PoisonKind::Oversized => Poison::Raw(garbage(POISON_OVERSIZED_BYTES)),
+        PoisonKind::HugeSymbol => {
+            let trade = horizon_core::event::Trade {
+                symbol: "Z".repeat(POISON_SYMBOL_BYTES),
+                exchange: "SIM".into(),
+                trade_id: format!("poison-{at_ms}"),
+                price: horizon_core::fixed::Fixed::ONE,
+                quantity: horizon_core::fixed::Fixed::ONE,
+                aggressor_side: horizon_core::event::Side::Buy,
+                ts_exchange: Timestamp::from_millis(at_ms as i64),
+            };
+            let mut event = trade_event(trade);
+            // Keyed as the gateway keys its symbol's trades: only the payload is poison.
+            event.aggregate_id = key.to_string();
+            Poison::Event(Box::new(event))
+        }
     }
 }
 

@@ -128,25 +128,44 @@ impl Findings {
 struct Log {
     /// (topic, partition, offset, event, raw value)
     events: Vec<(TopicPartition, u64, Event, bytes::Bytes)>,
+    /// Records that do not decode (outside the dead-letter topic): (topic, partition, offset, raw).
+    undecodable: Vec<(TopicPartition, u64, bytes::Bytes)>,
     /// (source topic, event id) of every dead letter.
     dead_letters: Vec<(String, String)>,
+    /// The dead letters of each source record (not those of a refused output), by position.
+    letters_at: BTreeMap<(String, u32, u64), Vec<horizon_proto::v1::DeadLetter>>,
 }
 
 fn read_log(broker: &Broker) -> Log {
     let mut events = Vec::new();
+    let mut undecodable = Vec::new();
     let mut dead_letters = Vec::new();
+    let mut letters_at: BTreeMap<_, Vec<_>> = BTreeMap::new();
     for tp in broker.all_partitions() {
         for r in broker.read(tp, 0, broker.end_offset(tp)) {
             if tp.topic == topics::DEADLETTER {
                 if let Some(d) = decode_dead_letter(&r.value) {
-                    dead_letters.push((d.source_topic, d.event_id));
+                    dead_letters.push((d.source_topic.clone(), d.event_id.clone()));
+                    if d.refused_topic.is_empty() {
+                        letters_at
+                            .entry((d.source_topic.clone(), d.source_partition, d.source_offset))
+                            .or_default()
+                            .push(d);
+                    }
                 }
             } else if let Ok(e) = Event::decode(&r.value) {
                 events.push((tp, r.offset, e, r.value));
+            } else {
+                undecodable.push((tp, r.offset, r.value));
             }
         }
     }
-    Log { events, dead_letters }
+    Log {
+        events,
+        undecodable,
+        dead_letters,
+        letters_at,
+    }
 }
 
 /// Checks a finished run. `reference` is the fault-free run's digests on the same feed.
@@ -296,6 +315,54 @@ fn check_log(log: &Log, scenario: &Scenario, out: &mut Findings) {
         }
     }
     check_bars(log, scenario, out);
+    check_dead_letters(log, scenario, out);
+}
+
+/// Nothing invalid is lost and nothing is dead-lettered twice: every record that does not
+/// decode, and every feed trade of a symbol the scenario does not trade, has a dead letter at
+/// its position, from one service only (a redelivery may repeat that service's letter), and
+/// each letter carries what it says: a prefix of the original (the processor bounds it, so the
+/// letter fits the size limits), with its whole size and hash.
+fn check_dead_letters(log: &Log, scenario: &Scenario, out: &mut Findings) {
+    let symbols: BTreeSet<String> = scenario.symbols().into_iter().collect();
+    let unknown_symbol = log.events.iter().filter_map(|(tp, offset, e, raw)| match &e.payload {
+        Payload::Trade(t) if tp.topic == topics::MARKET_FEED && !symbols.contains(&t.symbol) => Some((*tp, *offset, raw)),
+        _ => None,
+    });
+    let bad = log.undecodable.iter().map(|(tp, o, raw)| (*tp, *o, raw)).chain(unknown_symbol);
+    for (tp, offset, raw) in bad {
+        let key = (tp.topic.to_string(), tp.partition, offset);
+        let letters = log.letters_at.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        let Some(first) = letters.first() else {
+            out.add(Invariant::LostWrite, || {
+                format!("{tp}@{offset} ({} bytes) is invalid and has no dead letter", raw.len())
+            });
+            continue;
+        };
+        let services: BTreeSet<&str> = letters.iter().map(|d| d.service.as_str()).collect();
+        if services.len() > 1 {
+            out.add(Invariant::DoubleApply, || {
+                format!(
+                    "{tp}@{offset} is dead-lettered by {} services: {}",
+                    services.len(),
+                    services.iter().copied().collect::<Vec<_>>().join(", ")
+                )
+            });
+        }
+        let faithful = raw.starts_with(&first.original)
+            && first.original_size == raw.len() as u64
+            && first.original_blake3[..] == blake3::hash(raw).as_bytes()[..];
+        if !faithful {
+            out.add(Invariant::LostWrite, || {
+                format!(
+                    "the dead letter of {tp}@{offset} ({} bytes) does not carry it: {} bytes of original, size {}",
+                    raw.len(),
+                    first.original.len(),
+                    first.original_size
+                )
+            });
+        }
+    }
 }
 
 /// Every valid trade the market accepted is counted in exactly one bar of the signal interval,

@@ -75,10 +75,15 @@ pub enum FaultKind {
     ProducerDuplicate,
     /// Chaos: two requests in flight to one partition land in the wrong order.
     ProducerReorder,
+    /// The exchange gateway publishes a record no stage can use: bytes that do not decode, a
+    /// 1,000,100-byte one that does not either (under the broker's limit, over a producer's, so
+    /// nothing may copy it whole), or a decodable trade of an unknown 1 MB symbol (a rejection
+    /// that quotes it must stay publishable). Each must end as exactly one stage's dead letter.
+    Poison,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 12] = [
+    pub const ALL: [FaultKind; 13] = [
         FaultKind::Crash,
         FaultKind::Pause,
         FaultKind::Outage,
@@ -91,6 +96,7 @@ impl FaultKind {
         FaultKind::FeedReorder,
         FaultKind::ProducerDuplicate,
         FaultKind::ProducerReorder,
+        FaultKind::Poison,
     ];
 
     pub fn name(self) -> &'static str {
@@ -107,6 +113,7 @@ impl FaultKind {
             FaultKind::FeedReorder => "feed-reorder",
             FaultKind::ProducerDuplicate => "producer-duplicate",
             FaultKind::ProducerReorder => "producer-reorder",
+            FaultKind::Poison => "poison",
         }
     }
 
@@ -146,6 +153,12 @@ pub struct FaultProfile {
     pub jitter_ms: u64,
     /// Virtual time the deployment gets, once every fault has ended, to consume everything.
     pub heal_budget_ms: u64,
+    /// The largest record a stage's producer sends (librdkafka's `message.max.bytes`, default
+    /// 1,000,000): a larger one is refused at `send`, for good. 0: no limit.
+    pub producer_message_bytes_max: u64,
+    /// The largest record the broker appends (Kafka's `message.max.bytes`, default 1,048,588):
+    /// a larger one is refused in the flush's delivery report, for good. 0: no limit.
+    pub broker_message_bytes_max: u64,
     pub crash: Knob,
     pub pause: Knob,
     pub outage: Knob,
@@ -158,6 +171,7 @@ pub struct FaultProfile {
     pub feed_reorder: Knob,
     pub producer_duplicate: Knob,
     pub producer_reorder: Knob,
+    pub poison: Knob,
     /// Per seed, switch each fault kind on or off and pick its intensity (swarm testing).
     pub swarm: bool,
 }
@@ -183,6 +197,8 @@ impl FaultProfile {
             process_delay_ms: 0,
             jitter_ms: 0,
             heal_budget_ms: 120_000,
+            producer_message_bytes_max: PRODUCER_MESSAGE_BYTES_MAX,
+            broker_message_bytes_max: BROKER_MESSAGE_BYTES_MAX,
             crash: Knob::OFF,
             pause: Knob::OFF,
             outage: Knob::OFF,
@@ -195,6 +211,7 @@ impl FaultProfile {
             feed_reorder: Knob::OFF,
             producer_duplicate: Knob::OFF,
             producer_reorder: Knob::OFF,
+            poison: Knob::OFF,
             swarm: false,
         }
     }
@@ -218,6 +235,7 @@ impl FaultProfile {
             feed_reconnect: Knob::new(1, 20),
             feed_gap: Knob::new(1, 30_000),
             feed_reorder: Knob::new(2, 5),
+            poison: Knob::new(1, 0),
             ..FaultProfile::none()
         }
     }
@@ -242,6 +260,7 @@ impl FaultProfile {
             feed_reorder: Knob::new(4, 10),
             producer_duplicate: Knob::new(4, 0),
             producer_reorder: Knob::new(4, 0),
+            poison: Knob::new(2, 0),
             ..FaultProfile::none()
         }
     }
@@ -265,6 +284,7 @@ impl FaultProfile {
             feed_reconnect: twice(k.feed_reconnect),
             feed_gap: twice(k.feed_gap),
             feed_reorder: twice(k.feed_reorder),
+            poison: twice(k.poison),
             swarm: true,
             ..FaultProfile::none()
         }
@@ -337,6 +357,7 @@ impl FaultProfile {
             FaultKind::FeedReorder => self.feed_reorder,
             FaultKind::ProducerDuplicate => self.producer_duplicate,
             FaultKind::ProducerReorder => self.producer_reorder,
+            FaultKind::Poison => self.poison,
         }
     }
 
@@ -354,6 +375,7 @@ impl FaultProfile {
             FaultKind::FeedReorder => &mut self.feed_reorder,
             FaultKind::ProducerDuplicate => &mut self.producer_duplicate,
             FaultKind::ProducerReorder => &mut self.producer_reorder,
+            FaultKind::Poison => &mut self.poison,
         }
     }
 
@@ -440,6 +462,11 @@ impl FaultProfile {
         parts.join(", ")
     }
 }
+
+/// librdkafka's default producer `message.max.bytes`.
+pub const PRODUCER_MESSAGE_BYTES_MAX: u64 = 1_000_000;
+/// Kafka's default broker `message.max.bytes`.
+pub const BROKER_MESSAGE_BYTES_MAX: u64 = 1_048_588;
 
 /// The ChaCha8 stream a swarm profile draws its knobs from.
 const SWARM_STREAM: u64 = 0x0053_5741_524d;

@@ -68,6 +68,31 @@ impl Request {
     }
 }
 
+/// What a poison record is made of (`Fault::Poison`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PoisonKind {
+    /// A few hundred bytes that are not a `DomainEvent`.
+    Garbage,
+    /// 1,000,100 bytes that are not a `DomainEvent`: under the broker's 1,048,588-byte limit,
+    /// over a producer's 1,000,000, so a stage that copies it whole cannot publish the copy.
+    Oversized,
+    /// A trade whose symbol is 1,000,000 bytes long: it decodes, and the market rejects it.
+    HugeSymbol,
+}
+
+impl PoisonKind {
+    pub const ALL: [PoisonKind; 3] = [PoisonKind::Garbage, PoisonKind::Oversized, PoisonKind::HugeSymbol];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PoisonKind::Garbage => "garbage",
+            PoisonKind::Oversized => "oversized",
+            PoisonKind::HugeSymbol => "huge-symbol",
+        }
+    }
+}
+
 /// One fault. Times are virtual milliseconds from the start of the feed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "fault", rename_all = "kebab-case")]
@@ -137,6 +162,13 @@ pub enum Fault {
         process: u32,
         stage: StageId,
     },
+    /// The gateway publishes a poison record keyed by symbol `symbol` (as feed faults index
+    /// symbols).
+    Poison {
+        at_ms: u64,
+        symbol: u32,
+        kind: PoisonKind,
+    },
 }
 
 impl Fault {
@@ -153,7 +185,8 @@ impl Fault {
             | Fault::FeedGap { at_ms, .. }
             | Fault::FeedReorder { at_ms, .. }
             | Fault::ProducerDuplicate { at_ms, .. }
-            | Fault::ProducerReorder { at_ms, .. } => at_ms,
+            | Fault::ProducerReorder { at_ms, .. }
+            | Fault::Poison { at_ms, .. } => at_ms,
         }
     }
 
@@ -171,6 +204,7 @@ impl Fault {
             Fault::FeedReorder { .. } => FaultKind::FeedReorder,
             Fault::ProducerDuplicate { .. } => FaultKind::ProducerDuplicate,
             Fault::ProducerReorder { .. } => FaultKind::ProducerReorder,
+            Fault::Poison { .. } => FaultKind::Poison,
         }
     }
 
@@ -190,7 +224,7 @@ impl Fault {
     pub fn is_feed_fault(&self) -> bool {
         matches!(
             self,
-            Fault::FeedReconnect { .. } | Fault::FeedGap { .. } | Fault::FeedReorder { .. }
+            Fault::FeedReconnect { .. } | Fault::FeedGap { .. } | Fault::FeedReorder { .. } | Fault::Poison { .. }
         )
     }
 }
@@ -244,6 +278,13 @@ impl fmt::Display for Fault {
                     f,
                     "{at}  the next flush of p{process}/{} lands two requests out of order",
                     stage.name()
+                )
+            }
+            Fault::Poison { symbol, kind, .. } => {
+                write!(
+                    f,
+                    "{at}  the gateway publishes a poison record ({}) keyed by symbol #{symbol}",
+                    kind.name()
                 )
             }
         }
@@ -387,6 +428,9 @@ fn knob_strategy(kind: FaultKind, knob: Knob, b: &Bounds) -> BoxedStrategy<Vec<F
             .boxed(),
         FaultKind::ProducerReorder => (at, process, producing)
             .prop_map(|(at_ms, process, stage)| Fault::ProducerReorder { at_ms, process, stage })
+            .boxed(),
+        FaultKind::Poison => (at, symbol, proptest::sample::select(PoisonKind::ALL.to_vec()))
+            .prop_map(|(at_ms, symbol, kind)| Fault::Poison { at_ms, symbol, kind })
             .boxed(),
     };
     proptest::collection::vec(one, 0..=knob.max as usize).boxed()

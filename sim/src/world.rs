@@ -11,7 +11,7 @@ use crate::profile::Protocol;
 use crate::schedule::{Delivery, Fault, StageId};
 use crate::trace::{ranges, Trace};
 use bytes::Bytes;
-use horizon_core::bus::{BusError, Consumer, Polled, Producer, Record, Topic, TopicPartition};
+use horizon_core::bus::{BusError, Consumer, Polled, Producer, Record, RefusedRecord, Topic, TopicPartition};
 use horizon_core::memory::Broker;
 use horizon_core::topics;
 use rand::{Rng, SeedableRng};
@@ -224,6 +224,11 @@ pub struct Counters {
     pub partial_flushes: u64,
     pub duplicated_batches: u64,
     pub reordered_batches: u64,
+    /// Records refused for their size: by a stage's producer at send, by the broker at flush,
+    /// and the gateway's publishes the broker refused.
+    pub refused_at_send: u64,
+    pub refused_at_flush: u64,
+    pub feed_refused: u64,
 }
 
 /// A record a stage has sent and not yet flushed.
@@ -252,6 +257,9 @@ pub struct WorldConfig<'a> {
     pub delivery: Delivery,
     pub faults: &'a [Fault],
     pub render: bool,
+    /// Size limits (0: none), as `FaultProfile` names them.
+    pub producer_message_bytes_max: u64,
+    pub broker_message_bytes_max: u64,
 }
 
 pub struct World {
@@ -280,6 +288,8 @@ pub struct World {
     /// Faults are over: one-shot faults that never fired are dropped.
     pub healed: bool,
     pub counters: Counters,
+    pub producer_message_bytes_max: u64,
+    pub broker_message_bytes_max: u64,
 }
 
 const STREAM_DELAYS: u64 = 1;
@@ -298,6 +308,8 @@ impl World {
             delivery,
             faults,
             render,
+            producer_message_bytes_max,
+            broker_message_bytes_max,
         } = c;
         let layout = Layout::default();
         let n = layout.len();
@@ -393,7 +405,28 @@ impl World {
             max_poll_records,
             healed: false,
             counters: Counters::default(),
+            producer_message_bytes_max,
+            broker_message_bytes_max,
         }
+    }
+
+    /// Why a record of this size is over `limit`, if it is (0: no limit). Sizes count key and
+    /// value, as Kafka's do (plus a record's few bytes of framing, left out here).
+    pub fn too_large(len: usize, limit: u64, whose: &str) -> Option<String> {
+        (limit > 0 && len as u64 > limit)
+            .then(|| format!("MessageSizeTooLarge: a {len}-byte record is over the {whose} message.max.bytes of {limit} (simulated)"))
+    }
+
+    /// Whether the broker refuses a gateway publish for its size (traced; the gateway, a
+    /// producer outside the deployment, logs it and goes on).
+    pub fn gateway_refuses(&mut self, len: usize) -> bool {
+        let Some(reason) = World::too_large(len, self.broker_message_bytes_max, "broker's") else {
+            return false;
+        };
+        self.counters.feed_refused += 1;
+        self.trace.entry(15, &[self.now, len as u64]);
+        self.trace.line(self.now, || format!("{:<16} publish refused: {reason}", "gateway"));
+        true
     }
 
     pub fn group_of(p: usize, s: usize) -> usize {
@@ -934,8 +967,46 @@ impl World {
                     | OneShotKind::Reorder
             )
         });
-        let records = std::mem::take(batch);
+        let mut records = std::mem::take(batch);
         let who = Who::Stage(p, s);
+        // The broker judges each record's size (librdkafka never builds a batch over its own
+        // limit, so with the producer's limit under the broker's only a lone record can be over).
+        let mut refused = Vec::new();
+        if self.broker_message_bytes_max > 0 {
+            let limit = self.broker_message_bytes_max;
+            let mut index = 0;
+            records.retain(|r| {
+                let keep = match World::too_large(r.key.len() + r.value.len(), limit, "broker's") {
+                    Some(reason) => {
+                        refused.push(RefusedRecord { index, reason });
+                        false
+                    }
+                    None => true,
+                };
+                index += 1;
+                keep
+            });
+            if !refused.is_empty() {
+                self.counters.refused_at_flush += refused.len() as u64;
+                self.trace.entry(33, &[self.now, p as u64, s as u64, refused.len() as u64]);
+                let n = refused.len();
+                self.trace.line(self.now, || {
+                    format!("{:<16} broker refuses {n} record(s) of the flush for their size", World::who(p, s))
+                });
+            }
+        }
+        if records.is_empty() {
+            return Err(BusError::Refused(refused));
+        }
+        let result = self.flush_records(p, s, shot, records, who);
+        match result {
+            Ok(()) if !refused.is_empty() => Err(BusError::Refused(refused)),
+            other => other,
+        }
+    }
+
+    /// `flush` of the records the broker takes, with the schedule's one-shot fault if any.
+    fn flush_records(&mut self, p: usize, s: usize, shot: Option<OneShotKind>, records: Vec<Outgoing>, who: Who) -> Result<(), BusError> {
         match shot {
             Some(OneShotKind::CrashInFlush(down_ns)) => {
                 let k = self.fault_rng.random_range(0..records.len());
@@ -1121,6 +1192,17 @@ pub struct SimProducer<'w> {
 
 impl Producer for SimProducer<'_> {
     fn send(&mut self, topic: Topic, partition: u32, key: &[u8], value: &[u8]) -> Result<(), BusError> {
+        let limit = self.world.borrow().producer_message_bytes_max;
+        if let Some(reason) = World::too_large(key.len() + value.len(), limit, "producer's") {
+            let mut w = self.world.borrow_mut();
+            w.counters.refused_at_send += 1;
+            let now = w.now;
+            w.trace.entry(34, &[now, self.p as u64, self.s as u64, value.len() as u64]);
+            let who = World::who(self.p, self.s);
+            w.trace
+                .line(now, || format!("{who:<16} send to {topic}/{partition} refused: {reason}"));
+            return Err(BusError::Refused(vec![RefusedRecord { index: 0, reason }]));
+        }
         let tp = self
             .world
             .borrow()

@@ -38,6 +38,8 @@ fn expected(b: Broken) -> Invariant {
         Broken::NoRestore => Invariant::LostWrite,
         // Hash-map order reaches the published bytes: two runs of one seed differ.
         Broken::HashOrder => Invariant::NonDeterministic,
+        // One poison record over the producer's limit, retried for ever: the market wedges.
+        Broken::WholeDeadLetter => Invariant::Stuck,
     }
 }
 
@@ -47,7 +49,7 @@ fn the_production_services_pass_the_seeds_the_teeth_are_tested_on() {
     assert_eq!(failures(&reports), "");
 }
 
-fn caught_and_shrunk(b: Broken) {
+fn caught_and_shrunk(b: Broken) -> horizon_sim::Shrunk {
     let c = case(Services::Broken(b));
     let mut opts = options();
     if b == Broken::HashOrder {
@@ -91,6 +93,7 @@ fn caught_and_shrunk(b: Broken) {
         );
     }
     assert!(!shrunk.outcome.lines.is_empty(), "the minimal run is rendered for people");
+    shrunk
 }
 
 #[test]
@@ -116,4 +119,21 @@ fn no_restore_is_caught_and_shrunk() {
 #[test]
 fn hash_order_is_caught_as_non_determinism_and_shrunk() {
     caught_and_shrunk(Broken::HashOrder);
+}
+
+#[test]
+fn whole_dead_letter_is_caught_as_stuck_and_shrunk_to_its_poison_record() {
+    let shrunk = caught_and_shrunk(Broken::WholeDeadLetter);
+    // The one fault left is the record that wedges it: one no letter may carry whole.
+    assert!(
+        matches!(
+            shrunk.minimal.faults[..],
+            [horizon_sim::Fault::Poison {
+                kind: horizon_sim::schedule::PoisonKind::Oversized | horizon_sim::schedule::PoisonKind::HugeSymbol,
+                ..
+            }]
+        ),
+        "{}",
+        shrunk.minimal.render()
+    );
 }
