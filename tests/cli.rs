@@ -3,7 +3,7 @@
 use std::process::{Command, Output};
 
 mod fixtures;
-use fixtures::{Recording, TARDIS_HEADER};
+use fixtures::{assert_one_line_error, Recording, TARDIS_HEADER};
 
 fn horizon(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_horizon")).args(args).output().unwrap()
@@ -29,16 +29,6 @@ mod tempfile_path {
         let p = std::env::temp_dir().join(format!("horizon-cli-{}-{n}.toml", std::process::id()));
         std::fs::write(&p, text).unwrap();
         Path(p)
-    }
-}
-
-fn assert_one_line_error(out: &Output, must_contain: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "should fail: {stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "one line, got: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    for s in must_contain {
-        assert!(stderr.contains(s), "`{s}` missing from: {stderr}");
     }
 }
 

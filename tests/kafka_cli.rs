@@ -3,27 +3,15 @@
 //! falls short of `--rate`, and a recording without records is refused before anything is
 //! published. (An unreachable broker: `tests/cli.rs`, against a closed port.)
 
-use std::process::Output;
-
 mod broker;
 mod fixtures;
 use broker::{horizon, run_cli, Broker};
-use fixtures::{Recording, TARDIS_HEADER};
+use fixtures::{assert_one_line_error, Recording, TARDIS_HEADER};
 
 const SECRET: &str = "hunter2-never-shown";
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn assert_one_line_error(out: &Output, must_contain: &[&str]) {
-    let stderr = text(&out.stderr);
-    assert!(!out.status.success(), "should fail: {stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "one line, got: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    for s in must_contain {
-        assert!(stderr.contains(s), "`{s}` missing from: {stderr}");
-    }
 }
 
 #[test]
