@@ -591,20 +591,34 @@ struct SimFigures {
 }
 
 fn bench_sim(args: BenchSimArgs) -> Result<(), String> {
-    let scenario = resolve_scenario(&args.scenario)?;
-    let events = (args.events > 0).then_some(args.events);
+    // A recorded scenario's default window is read once here, as `explore` reads it.
+    let resolved = CaseArgs {
+        scenario: args.scenario.clone(),
+        profile: "kafka".into(),
+        events: args.events,
+        feed_seed: None,
+        faults: None,
+        broken: None,
+        start: None,
+        skip: 0,
+        skip_bad: false,
+    }
+    .resolve()?
+    .case;
+    let scenario = resolved.scenario.clone();
+    let events = resolved.events;
     let jobs = args.jobs.unwrap_or_else(cores).max(1);
     // 1. One core: the fault-free in-memory run vs the simulated kafka deployment, same feeds.
     let profile = FaultProfile::kafka();
-    let mut runner = Runner::new(Case {
-        events,
-        ..Case::new(scenario.clone(), profile.clone())
-    });
+    let mut runner = Runner::new(resolved.clone());
     let runs = 40u64;
     let (mut memory, mut sim) = (Duration::ZERO, Duration::ZERO);
     let (mut fed, mut span_ns) = (0u64, 0u64);
     for seed in 0..runs {
-        let feed = Feed::generate(&scenario, seed, events)?;
+        let feed = match &resolved.recorded {
+            Some(f) => (**f).clone(),
+            None => Feed::generate(&scenario, seed, events)?,
+        };
         let (p, tree) = runner.schedule_tree(seed)?;
         let schedule = proptest::strategy::ValueTree::current(&tree);
         let feed = feed.with_faults(&schedule.feed_faults(), &scenario.symbols());
@@ -642,10 +656,7 @@ fn bench_sim(args: BenchSimArgs) -> Result<(), String> {
     }
     let one_core = runs as f64 * 60.0 / t.elapsed().as_secs_f64();
     // 3. Every core: explore.
-    let case = Case {
-        events,
-        ..Case::new(scenario.clone(), profile)
-    };
+    let case = Case { profile, ..resolved };
     let opts = ExploreOptions {
         first: 0,
         end: args.seeds,
@@ -676,7 +687,7 @@ fn bench_sim(args: BenchSimArgs) -> Result<(), String> {
         return Ok(());
     }
     println!(
-        "scenario {}, {} trades a run, kafka profile, {runs} runs timed on one core",
+        "scenario {}, {} feed events a run, kafka profile, {runs} runs timed on one core",
         figures.scenario, figures.events_per_run
     );
     println!(
