@@ -421,6 +421,7 @@ fn a_window_starts_at_its_skip_and_its_start_and_takes_its_events() {
             ..Window::default()
         });
         assert_eq!((w.first_record, got(&w)), (250, ids(250, 100)), "{name} --skip");
+        assert_eq!(w.report.records, 350, "{name}: the file is read up to the window's end, no further");
         // --start T: from the first record at or after T
         let t = all[1200].0;
         let first = all.iter().position(|(ts, _)| *ts >= t).unwrap();
