@@ -7,9 +7,11 @@
 //! failing seed's fault schedule to a minimal one. The edge lives here (files, wall clock,
 //! progress bar, threads); the runs themselves are pure.
 
-use crate::sim_cmd::load_scenario;
+use crate::sim_cmd::{data_dir, load_scenario};
 use horizon_core::pipeline::MemoryRun;
 use horizon_core::scenario::Scenario;
+use horizon_core::Timestamp;
+use horizon_runtime::recorded::window::{read_window, Window, WindowRead};
 use horizon_sim::driver::{simulate, RunSpec};
 use horizon_sim::feed::Feed;
 use horizon_sim::trace::format_ns;
@@ -17,6 +19,7 @@ use horizon_sim::{explore, shrink_seed, Case, ExploreOptions, FaultProfile, Inva
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What every simulator command needs to rebuild a run exactly.
@@ -27,7 +30,8 @@ pub struct CaseArgs {
     /// Fault profile: `none`, `kafka`, `chaos`, `swarm`, or a TOML file (see docs/simulator.md).
     #[arg(long, default_value = "kafka")]
     pub profile: String,
-    /// Trades taken from the scenario's generator per run (0: all of them).
+    /// Trades taken from the scenario's generator per run, or records (trades or bars) of a
+    /// recording's window (0: all of them).
     #[arg(long, default_value_t = horizon_sim::DEFAULT_EVENTS)]
     pub events: usize,
     /// Pin the market to this generator seed (default: each run's seed is its market's seed).
@@ -41,9 +45,78 @@ pub struct CaseArgs {
     /// `--features broken-services`.
     #[arg(long)]
     pub broken: Option<String>,
+    /// Recorded scenarios: the window starts at the first record at or after this time
+    /// (RFC 3339, a bar's start for bar recordings).
+    #[arg(long)]
+    pub start: Option<String>,
+    /// Recorded scenarios: the window starts at least this many records into the file.
+    #[arg(long, default_value_t = 0)]
+    pub skip: u64,
+    /// Recorded scenarios: skip malformed lines (counted by reason) instead of stopping.
+    #[arg(long)]
+    pub skip_bad: bool,
+}
+
+/// A case and what its market is, for a person.
+pub struct Resolved {
+    pub case: Case,
+    /// `1000 trades a run` (generated), or the recorded window.
+    pub market: String,
 }
 
 impl CaseArgs {
+    /// The case, with a recorded scenario's window read once (every seed replays it).
+    /// Whatever no seed could run (a missing file, an empty window) is refused here.
+    fn resolve(&self) -> Result<Resolved, String> {
+        let mut case = self.case()?;
+        let market = match self.window(&case.scenario)? {
+            Some(w) => {
+                let market = format!("recorded: {}", w.describe());
+                case.recorded = Some(Arc::new(Feed::recorded(w.events)));
+                market
+            }
+            None => format!(
+                "{} trades a run",
+                case.events.map(|n| n.to_string()).unwrap_or_else(|| "all".into())
+            ),
+        };
+        Runner::new(case.clone()).preflight(case.feed_seed.unwrap_or(0))?;
+        Ok(Resolved { case, market })
+    }
+
+    /// The window of the scenario's recording, read from the data folder; `None` for a
+    /// generated market (where `--start` and `--skip` are refused).
+    fn window(&self, scenario: &Scenario) -> Result<Option<WindowRead>, String> {
+        if scenario.market.recording.is_none() {
+            if self.start.is_some() || self.skip > 0 {
+                return Err(format!(
+                    "--start/--skip: {} has a generated market; they choose a window of a recording",
+                    scenario.name
+                ));
+            }
+            return Ok(None);
+        }
+        let start = match &self.start {
+            Some(s) => {
+                Some(Timestamp::parse_rfc3339(s).ok_or_else(|| format!("--start {s}: not an RFC 3339 time (like 2022-01-21T00:00:00Z)"))?)
+            }
+            None => None,
+        };
+        let mut scenario = scenario.clone();
+        if let Some(r) = scenario.market.recording.as_mut() {
+            r.skip_bad |= self.skip_bad;
+        }
+        let window = Window {
+            start,
+            skip: self.skip,
+            events: (self.events > 0).then_some(self.events),
+        };
+        let dir = data_dir()?;
+        read_window(&scenario, &dir, window)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", scenario.name))
+    }
+
     fn case(&self) -> Result<Case, String> {
         let scenario = resolve_scenario(&self.scenario)?;
         let mut profile = load_profile(&self.profile)?;
@@ -60,6 +133,7 @@ impl CaseArgs {
             profile,
             events: (self.events > 0).then_some(self.events),
             feed_seed: self.feed_seed,
+            recorded: None,
         })
     }
 
@@ -77,6 +151,15 @@ impl CaseArgs {
         }
         if let Some(b) = &self.broken {
             f.push_str(&format!(" --broken {b}"));
+        }
+        if let Some(t) = &self.start {
+            f.push_str(&format!(" --start {t}"));
+        }
+        if self.skip > 0 {
+            f.push_str(&format!(" --skip {}", self.skip));
+        }
+        if self.skip_bad {
+            f.push_str(" --skip-bad");
         }
         f
     }
@@ -220,15 +303,14 @@ fn cores() -> usize {
 }
 
 pub fn run_explore(args: ExploreArgs) -> Result<(), String> {
-    let case = args.case.case()?;
     let (first, end) = parse_seeds(&args.seeds)?;
+    let Resolved { case, market } = args.case.resolve()?;
     let jobs = args.jobs.unwrap_or_else(cores).max(1);
     let total = end - first;
     eprintln!(
-        "exploring seeds {first}..{end} of {} ({} services, {} trades a run) under {}: {}",
+        "exploring seeds {first}..{end} of {} ({} services, {market}) under {}: {}",
         case.scenario.name,
         case.services,
-        case.events.map(|n| n.to_string()).unwrap_or_else(|| "all".into()),
         case.profile.name,
         case.profile.describe()
     );
@@ -351,7 +433,7 @@ fn indent(text: &str) -> String {
 }
 
 pub fn run_replay(args: ReplayArgs) -> Result<(), String> {
-    let case = args.case.case()?;
+    let Resolved { case, market } = args.case.resolve()?;
     let mut runner = Runner::new(case.clone());
     let (profile, tree) = runner.schedule_tree(args.seed)?;
     let schedule = match &args.schedule_file {
@@ -364,9 +446,13 @@ pub fn run_replay(args: ReplayArgs) -> Result<(), String> {
     let started = Instant::now();
     let o = runner.run_schedule(args.seed, &profile, &schedule, args.schedule)?;
     let wall = started.elapsed();
+    let source = match case.recorded {
+        Some(_) => market,
+        None => format!("market seed {}", o.feed_seed),
+    };
     println!(
-        "scenario {} seed {} (market seed {}), {} services, {} trades",
-        case.scenario.name, o.seed, o.feed_seed, case.services, o.feed_events
+        "scenario {} seed {} ({source}), {} services, {} feed events",
+        case.scenario.name, o.seed, case.services, o.feed_events
     );
     println!("profile {}: {}", case.profile.name, profile.describe());
     println!();
@@ -416,7 +502,7 @@ pub fn run_replay(args: ReplayArgs) -> Result<(), String> {
 }
 
 pub fn run_shrink(args: ShrinkArgs) -> Result<(), String> {
-    let case = args.case.case()?;
+    let case = args.case.resolve()?.case;
     let target = match &args.invariant {
         Some(name) => Some(Invariant::parse(name).ok_or_else(|| {
             let known: Vec<&str> = Invariant::ALL.iter().map(|i| i.name()).collect();
@@ -506,20 +592,34 @@ struct SimFigures {
 }
 
 fn bench_sim(args: BenchSimArgs) -> Result<(), String> {
-    let scenario = resolve_scenario(&args.scenario)?;
-    let events = (args.events > 0).then_some(args.events);
+    // A recorded scenario's default window is read once here, as `explore` reads it.
+    let resolved = CaseArgs {
+        scenario: args.scenario.clone(),
+        profile: "kafka".into(),
+        events: args.events,
+        feed_seed: None,
+        faults: None,
+        broken: None,
+        start: None,
+        skip: 0,
+        skip_bad: false,
+    }
+    .resolve()?
+    .case;
+    let scenario = resolved.scenario.clone();
+    let events = resolved.events;
     let jobs = args.jobs.unwrap_or_else(cores).max(1);
     // 1. One core: the fault-free in-memory run vs the simulated kafka deployment, same feeds.
     let profile = FaultProfile::kafka();
-    let mut runner = Runner::new(Case {
-        events,
-        ..Case::new(scenario.clone(), profile.clone())
-    });
+    let mut runner = Runner::new(resolved.clone());
     let runs = 40u64;
     let (mut memory, mut sim) = (Duration::ZERO, Duration::ZERO);
     let (mut fed, mut span_ns) = (0u64, 0u64);
     for seed in 0..runs {
-        let feed = Feed::generate(&scenario, seed, events)?;
+        let feed = match &resolved.recorded {
+            Some(f) => (**f).clone(),
+            None => Feed::generate(&scenario, seed, events)?,
+        };
         let (p, tree) = runner.schedule_tree(seed)?;
         let schedule = proptest::strategy::ValueTree::current(&tree);
         let feed = feed.with_faults(&schedule.feed_faults(), &scenario.symbols());
@@ -557,10 +657,7 @@ fn bench_sim(args: BenchSimArgs) -> Result<(), String> {
     }
     let one_core = runs as f64 * 60.0 / t.elapsed().as_secs_f64();
     // 3. Every core: explore.
-    let case = Case {
-        events,
-        ..Case::new(scenario.clone(), profile)
-    };
+    let case = Case { profile, ..resolved };
     let opts = ExploreOptions {
         first: 0,
         end: args.seeds,
@@ -591,7 +688,7 @@ fn bench_sim(args: BenchSimArgs) -> Result<(), String> {
         return Ok(());
     }
     println!(
-        "scenario {}, {} trades a run, kafka profile, {runs} runs timed on one core",
+        "scenario {}, {} feed events a run, kafka profile, {runs} runs timed on one core",
         figures.scenario, figures.events_per_run
     );
     println!(

@@ -283,3 +283,64 @@ fn run_names_a_bad_stall_or_drain_duration_before_connecting() {
     let out = horizon(&["run", "--brokers", "127.0.0.1:1", "--scenario", "chop", "--drain-timeout", "0s"]);
     assert_one_line_error(&out, &["--drain-timeout", "`0s`"]);
 }
+
+#[test]
+fn explore_refuses_a_recorded_scenario_it_cannot_run_once_before_any_seed() {
+    let empty = std::env::temp_dir().join(format!("horizon-cli-no-data-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let missing = Command::new(env!("CARGO_BIN_EXE_horizon"))
+        .args(["explore", "ftx-jan-2022", "--seeds", "0..50"])
+        .env("HORIZON_DATA", &empty)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir(&empty);
+    for (out, what) in [
+        (
+            missing,
+            vec!["ftx-jan-2022", "ftx_btc-perp_1m_2022-01.csv", "recorded data is missing"],
+        ),
+        (
+            horizon(&["explore", "ftx-jan-2022", "--seeds", "0..50", "--skip", "1000000"]),
+            vec!["ftx_btc-perp_1m_2022-01.csv", "the window is empty", "--skip 1000000"],
+        ),
+        (
+            horizon(&["replay", "binance-ticks-2020", "--seed", "3", "--start", "2031-01-01T00:00:00Z"]),
+            vec!["binance-futures_btcusdt_trades_2020-02-22.tardis.csv", "no record at or after"],
+        ),
+        (
+            horizon(&["shrink", "binance-ws-2024", "--seed", "3", "--start", "noon"]),
+            vec!["--start noon", "RFC 3339"],
+        ),
+        (
+            horizon(&["explore", "chop", "--seeds", "0..50", "--skip", "10"]),
+            vec!["chop has a generated market"],
+        ),
+    ] {
+        // One line, no progress header, no seed counted as broken.
+        assert_one_line_error(&out, &what);
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("exploring"));
+        assert!(out.stdout.is_empty(), "no seed ran: {}", String::from_utf8_lossy(&out.stdout));
+    }
+}
+
+#[test]
+fn explore_runs_a_window_of_a_recording() {
+    let out = horizon(&[
+        "explore",
+        "ftx-jan-2022",
+        "--seeds",
+        "0..4",
+        "--start",
+        "2022-01-21T00:00:00Z",
+        "--events",
+        "300",
+        "--quiet",
+    ]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("recorded: 300 bars of ftx_btc-perp_1m_2022-01.csv from 2022-01-21T00:00:00.000Z"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("every invariant held for every seed"), "{stdout}");
+}

@@ -379,20 +379,24 @@ fn check_bars(log: &Log, scenario: &Scenario, out: &mut Findings) {
     // Accepted trades per (symbol, bar start), each trade id once.
     let mut seen: BTreeSet<&str> = BTreeSet::new();
     let mut expected: BTreeMap<(&str, Timestamp), u64> = BTreeMap::new();
-    for (_, _, e, _) in &log.events {
-        let Payload::Trade(t) = &e.payload else { continue };
-        let valid = symbols.contains(&t.symbol) && t.price.is_positive() && t.quantity.is_positive();
-        if !valid || rejected.contains(e.id.as_str()) || !seen.insert(&e.id) {
+    for (tp, _, e, _) in &log.events {
+        // A recorded bar on the feed stands for its trades: it counts `trade_count` of them.
+        let (symbol, ts, trades, valid) = match &e.payload {
+            Payload::Trade(t) => (&t.symbol, t.ts_exchange, 1, t.price.is_positive() && t.quantity.is_positive()),
+            Payload::Bar(b) if tp.topic == topics::MARKET_FEED => (&b.symbol, b.start, b.trade_count as u64, true),
+            _ => continue,
+        };
+        if !symbols.contains(symbol) || !valid || rejected.contains(e.id.as_str()) || !seen.insert(&e.id) {
             continue;
         }
-        *expected.entry((&t.symbol, t.ts_exchange.floor_ms(interval))).or_insert(0) += 1;
+        *expected.entry((symbol, ts.floor_ms(interval))).or_insert(0) += trades;
     }
     let mut counted: BTreeMap<(&str, Timestamp), u64> = BTreeMap::new();
     let mut last_end: BTreeMap<&str, Timestamp> = BTreeMap::new();
     let mut bar_ids: BTreeMap<&str, (&str, Timestamp)> = BTreeMap::new();
-    for (_, _, e, _) in &log.events {
+    for (tp, _, e, _) in &log.events {
         let Payload::Bar(b) = &e.payload else { continue };
-        if b.interval_ms != interval || bar_ids.contains_key(e.id.as_str()) {
+        if tp.topic != topics::BARS || b.interval_ms != interval || bar_ids.contains_key(e.id.as_str()) {
             continue;
         }
         bar_ids.insert(&e.id, (&b.symbol, b.start));

@@ -25,6 +25,7 @@ pub mod explore;
 pub mod feed;
 pub mod invariants;
 pub mod profile;
+pub mod recorded;
 pub mod run;
 pub mod schedule;
 pub mod services;

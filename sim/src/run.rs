@@ -1,10 +1,11 @@
 //! One checked run: scenario + services + profile + seed → feed, schedule, simulated run,
 //! fault-free reference, invariants.
 //!
-//! The seed decides the market (unless `Case::feed_seed` pins it), the schedule (through the
-//! profile's strategies), the delivery skews and jitter and every other random choice of the
-//! run. `Runner` keeps the last feed and references, so exploring many seeds over one market,
-//! or shrinking one seed's schedule, does not regenerate them.
+//! The seed decides the market (unless `Case::feed_seed` pins it, or the market is a recording,
+//! `Case::recorded`), the schedule (through the profile's strategies), the delivery skews and
+//! jitter and every other random choice of the run. `Runner` keeps the last feed and
+//! references, so exploring many seeds over one market, or shrinking one seed's schedule, does
+//! not regenerate them.
 
 use crate::driver::{simulate, RunSpec};
 use crate::feed::Feed;
@@ -22,6 +23,7 @@ use horizon_core::projections::{Digests, ProjectionService, Projections, Views};
 use horizon_core::scenario::Scenario;
 use proptest::strategy::ValueTree;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Trades per run unless told otherwise: a few minutes of a shipped scenario's market, enough
 /// for every stage to work and for faults to land in the middle of it, small enough for tens of
@@ -42,6 +44,10 @@ pub struct Case {
     pub events: Option<usize>,
     /// Pins the market to one seed; `None`: every run's seed is its market's seed too.
     pub feed_seed: Option<u64>,
+    /// A recorded market: the window of a recording every seed replays (read at the edge,
+    /// `Feed::recorded`), instead of the scenario's generator; `events` and `feed_seed` do not
+    /// apply to it.
+    pub recorded: Option<Arc<Feed>>,
 }
 
 impl Case {
@@ -52,6 +58,7 @@ impl Case {
             profile,
             events: Some(DEFAULT_EVENTS),
             feed_seed: None,
+            recorded: None,
         }
     }
 }
@@ -113,11 +120,26 @@ impl Runner {
     }
 
     fn base_feed(&mut self, feed_seed: u64) -> Result<&Feed, String> {
+        if self.case.recorded.is_some() {
+            return Ok(self.case.recorded.as_deref().expect("just checked"));
+        }
         if self.feed.as_ref().is_none_or(|(s, _)| *s != feed_seed) {
             let f = Feed::generate(&self.case.scenario, feed_seed, self.case.events)?;
             self.feed = Some((feed_seed, f));
         }
         Ok(&self.feed.as_ref().expect("just set").1)
+    }
+
+    /// Refuses a case that no seed can run (no market the simulator can replay, a feed without
+    /// events), once, before any seed: such a case is the user's to fix, not an invariant every
+    /// seed breaks.
+    pub fn preflight(&mut self, seed: u64) -> Result<(), String> {
+        let name = self.case.scenario.name.clone();
+        let feed = self.base_feed(self.feed_seed(seed))?;
+        if feed.items.is_empty() {
+            return Err(format!("{name}: the market feed holds no events: nothing to run"));
+        }
+        Ok(())
     }
 
     /// What a seed's schedule may draw from under a concrete profile.
@@ -151,8 +173,9 @@ impl Runner {
         let feed_seed = self.feed_seed(seed);
         let symbols = self.case.scenario.symbols();
         let feed = self.base_feed(feed_seed)?.with_faults(&schedule.feed_faults(), &symbols);
+        // A recording is one market whatever the seed: its references are shared by every seed.
         let key = (
-            feed_seed,
+            if self.case.recorded.is_some() { 0 } else { feed_seed },
             serde_json::to_string(&schedule.feed_faults()).map_err(|e| e.to_string())?,
         );
         let reference = match self.references.get(&key) {

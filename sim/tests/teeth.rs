@@ -137,3 +137,46 @@ fn whole_dead_letter_is_caught_as_stuck_and_shrunk_to_its_poison_record() {
         shrunk.minimal.render()
     );
 }
+
+/// 1m bars of BTC-PERP as a bar recording yields them, each standing for 7 trades.
+fn recorded_bars(n: i64) -> horizon_sim::feed::Feed {
+    use horizon_core::event::Bar;
+    use horizon_core::{feed::bar_event, Fixed, Timestamp};
+    let events = (0..n)
+        .map(|i| {
+            let close = Fixed::from_int(40_000 + 10 * (i % 37) - 5 * (i % 11));
+            bar_event(Bar {
+                symbol: "BTC-PERP".into(),
+                exchange: "FTX".into(),
+                interval_ms: 60_000,
+                start: Timestamp::from_millis(1_640_995_200_000 + i * 60_000),
+                open: close,
+                high: close + Fixed::from_int(20),
+                low: close - Fixed::from_int(20),
+                close,
+                volume: Fixed::from_int(3),
+                trade_count: 7,
+                seq: 0,
+            })
+        })
+        .collect();
+    horizon_sim::feed::Feed::recorded(events)
+}
+
+#[test]
+fn on_a_bar_recording_commit_first_loses_the_recorded_trades_and_production_does_not() {
+    let bars = std::sync::Arc::new(recorded_bars(400));
+    let bar_case = |services| Case {
+        recorded: Some(bars.clone()),
+        services,
+        ..Case::new(scenario("ftx-jan-2022"), FaultProfile::kafka())
+    };
+    let production = explore(&bar_case(Services::Production), &options(), |_| {});
+    assert_eq!(failures(&production), "");
+    let broken = explore(&bar_case(Services::Broken(Broken::CommitFirst)), &options(), |_| {});
+    let lost = broken
+        .iter()
+        .flat_map(|r| &r.violations)
+        .find(|v| v.invariant == Invariant::LostWrite && v.detail.contains("valid trades of BTC-PERP"));
+    assert!(lost.is_some(), "a lost 15m bar is a lost write: {}", failures(&broken));
+}

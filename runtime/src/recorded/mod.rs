@@ -43,6 +43,7 @@ pub mod fields;
 pub mod ohlcv;
 pub mod source;
 pub mod tardis;
+pub mod window;
 
 use horizon_core::event::{Bar, Event, Trade};
 use horizon_core::scenario::Scenario;
