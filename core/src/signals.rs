@@ -5,6 +5,9 @@
 //! its bar sequence numbers tell the portfolio when a symbol has reached a point in event time, so
 //! the portfolio can merge symbols in event order without waiting on wall-clock timeouts.
 //! `changed` marks the evaluations whose direction differs from the previous one.
+//!
+//! Strategies are plug-ins (`strategy::Strategy`, looked up by name in a `StrategyRegistry`);
+//! the two shipped ones, `EmaCrossover` and `Breakout`, live here.
 
 use crate::event::{Bar, Direction, Event, Payload, Signal, StrategyView};
 use crate::fixed::Fixed;
