@@ -1032,6 +1032,16 @@ mod tests {
         let documented: BTreeSet<&str> = doc["paths"].as_object().unwrap().keys().map(String::as_str).collect();
         let served: BTreeSet<&str> = ROUTES.iter().copied().collect();
         assert_eq!(documented, served);
+        // The token: probes open, every other route documents its 401.
+        assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            let get = &item["get"];
+            if ["/health", "/ready"].contains(&path.as_str()) {
+                assert_eq!(get["security"], serde_json::json!([]), "{path} is open");
+            } else {
+                assert!(get["responses"]["401"].is_object(), "{path} documents its 401");
+            }
+        }
     }
 
     /// A GET against a served API: (status, JSON body).

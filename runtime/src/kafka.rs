@@ -467,8 +467,11 @@ pub fn check_reachable(config: &KafkaConfig) -> Result<(), BusError> {
 }
 
 /// Maps a client error onto the bus's error kinds.
+/// A librdkafka error as the bus's, its text masked: a broker's or client's message may quote
+/// a configured secret (an authentication failure naming the JAAS line), and every retry line
+/// and exit message of the runtime prints these.
 fn bus_error(e: &KafkaError) -> BusError {
-    let text = e.to_string();
+    let text = secrets::mask(&e.to_string());
     match class_of(e) {
         ErrorClass::Retriable => BusError::Unavailable(text),
         ErrorClass::RecordRefused => BusError::Refused(vec![RefusedRecord { index: 0, reason: text }]),
@@ -982,8 +985,9 @@ impl Intake {
                         Some(o) => o.errors += 1,
                         None => {
                             eprintln!(
-                                "horizon: consumer {}: broker connection lost ({e}); librdkafka reconnects",
-                                self.group
+                                "horizon: consumer {}: broker connection lost ({}); librdkafka reconnects",
+                                self.group,
+                                secrets::mask(&e.to_string())
                             );
                             self.outage = Some(Outage {
                                 started: Instant::now(),
@@ -1631,6 +1635,18 @@ pub mod admin {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_client_error_that_quotes_a_secret_is_masked() {
+        // Given a configured secret, and an error whose text quotes it
+        secrets::remember("hunter2-very-secret");
+        let e = KafkaError::ClientCreation("SASL authentication with hunter2-very-secret refused by the broker".into());
+        // When it becomes the bus's error
+        let text = bus_error(&e).to_string();
+        // Then the value is gone from the text, and the rest stays
+        assert!(!text.contains("hunter2-very-secret"), "{text}");
+        assert!(text.contains("refused by the broker"), "{text}");
+    }
+
     use super::*;
 
     #[test]
