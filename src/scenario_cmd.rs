@@ -282,12 +282,20 @@ fn bars(arg: &str, interval: Option<String>, symbol: Option<String>, ema: Option
         None => s.signal_interval_ms(),
     };
     let symbol = symbol.unwrap_or_else(|| s.symbols()[0].clone());
-    let spans: Vec<u32> = match (&ema, &s.strategies.ema_crossover) {
+    // By default the spans of the scenario's first ema-crossover, in either syntax.
+    let crossover = s
+        .strategy_specs()
+        .into_iter()
+        .find(|spec| spec.name == horizon_core::signals::EMA_CROSSOVER);
+    let spans: Vec<u32> = match (&ema, crossover) {
         (Some(list), _) => list
             .split(',')
             .map(|x| x.trim().parse::<u32>().map_err(|_| format!("--ema: `{x}` is not a span")))
             .collect::<Result<_, _>>()?,
-        (None, Some(c)) => vec![c.fast, c.slow],
+        (None, Some(spec)) => ["fast", "slow"]
+            .iter()
+            .filter_map(|k| spec.params.get(*k).and_then(|v| v.as_integer()).map(|n| n as u32))
+            .collect(),
         (None, None) => vec![],
     };
     let (run, _) = sim_cmd::with_feed(&s, s.seed, recording, |events| MemoryRun::run(&s, events, 8192))?;

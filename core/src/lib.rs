@@ -34,6 +34,7 @@ pub mod sequencer;
 pub mod service;
 pub mod signals;
 pub mod snapshot;
+pub mod strategy;
 pub mod topics;
 pub mod upcast;
 pub mod wire;

@@ -11,9 +11,10 @@ use crate::market::{MarketConfig, MarketService};
 use crate::memory::MemoryBus;
 use crate::processor::{Processor, Stats, StepOutcome, Unsettled};
 use crate::projections::{Digests, ProjectionService, Projections, Views};
-use crate::scenario::Scenario;
+use crate::scenario::{Scenario, ScenarioError};
 use crate::service::Service;
 use crate::signals::{SignalConfig, SignalService};
+use crate::strategy::StrategyRegistry;
 use crate::topics;
 
 /// A processing loop whose service is hidden: what a driver needs.
@@ -81,13 +82,21 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// The scenario's services with the shipped strategies. Panics if the scenario names
+    /// another (`Scenario::from_toml` has refused such a file already); see `with_registry`.
     pub fn new(s: &Scenario) -> Pipeline {
-        Pipeline {
+        Pipeline::with_registry(s, &StrategyRegistry::shipped()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The scenario's services, its strategies looked up in `registry` (the shipped ones and a
+    /// user's: `StrategyRegistry::register`).
+    pub fn with_registry(s: &Scenario, registry: &StrategyRegistry) -> Result<Pipeline, ScenarioError> {
+        Ok(Pipeline {
             market: Processor::new(MarketService::new(MarketConfig::from_scenario(s))),
-            signals: Processor::new(SignalService::new(SignalConfig::from_scenario(s))),
+            signals: Processor::new(SignalService::new(SignalConfig::with_registry(s, registry)?)),
             manager: Processor::new(PortfolioManager::new(ManagerConfig::from_scenario(s))),
             projections: Processor::new(ProjectionService::from_scenario(s)),
-        }
+        })
     }
 
     /// The stages in flow order.
@@ -171,8 +180,12 @@ pub struct MemoryRun {
 
 impl MemoryRun {
     pub fn new(s: &Scenario) -> MemoryRun {
+        MemoryRun::with_pipeline(Pipeline::new(s))
+    }
+
+    /// A run of a pipeline built by the caller (`Pipeline::with_registry`).
+    pub fn with_pipeline(mut pipeline: Pipeline) -> MemoryRun {
         let bus = MemoryBus::new();
-        let mut pipeline = Pipeline::new(s);
         let consumers = pipeline
             .stages()
             .iter()
@@ -216,21 +229,26 @@ impl MemoryRun {
         }
     }
 
-    /// Runs a whole feed through the pipeline.
+    /// Runs a whole feed through the scenario's pipeline.
     pub fn run<I: IntoIterator<Item = Event>>(s: &Scenario, feed: I, chunk: usize) -> MemoryRun {
         let mut run = MemoryRun::new(s);
+        run.feed_all(feed, chunk);
+        run
+    }
+
+    /// Feeds `chunk` events at a time, settling after each, then the rest.
+    pub fn feed_all<I: IntoIterator<Item = Event>>(&mut self, feed: I, chunk: usize) {
         let mut buf = Vec::with_capacity(chunk);
         for e in feed {
             buf.push(e);
             if buf.len() == chunk {
-                run.feed(&buf);
+                self.feed(&buf);
                 buf.clear();
-                run.settle();
+                self.settle();
             }
         }
-        run.feed(&buf);
-        run.settle();
-        run
+        self.feed(&buf);
+        self.settle();
     }
 
     pub fn summary(&self, s: &Scenario, seed: u64) -> RunSummary {

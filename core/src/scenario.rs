@@ -7,6 +7,7 @@
 
 use crate::event::{RiskKind, Severity};
 use crate::fixed::Fixed;
+use crate::strategy::StrategyRegistry;
 use crate::time::{parse_duration_ms, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -40,10 +41,18 @@ pub struct Scenario {
     pub seed: u64,
     pub market: MarketConfig,
     pub portfolio: PortfolioConfig,
+    /// The shipped strategies' fixed sections (`[strategies.ema_crossover]`,
+    /// `[strategies.breakout]`); any strategy can be named in `[[signals.strategy]]` instead.
+    #[serde(default)]
     pub strategies: StrategiesConfig,
+    #[serde(default)]
+    pub signals: SignalsConfig,
     pub risk: RiskConfig,
     #[serde(default, rename = "users")]
     pub users: Vec<UserConfig>,
+    /// The file it was read from, for errors found after parsing (an unknown strategy).
+    #[serde(skip)]
+    pub origin: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -209,7 +218,7 @@ fn default_min_notional() -> Fixed {
     Fixed::from_int(10)
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StrategiesConfig {
     #[serde(default)]
@@ -242,6 +251,39 @@ pub struct BreakoutConfig {
 
 fn fixed_one() -> Fixed {
     Fixed::ONE
+}
+
+/// `[signals]`: the strategies by registered name (`strategy::StrategyRegistry`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalsConfig {
+    #[serde(default)]
+    pub strategy: Vec<StrategyEntry>,
+}
+
+/// One `[[signals.strategy]]`: a registered strategy, its weight in the combined signal and
+/// its parameters (checked by the strategy's factory).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StrategyEntry {
+    pub name: String,
+    #[serde(default = "fixed_one")]
+    pub weight: Fixed,
+    #[serde(default)]
+    pub params: toml::Table,
+}
+
+/// A strategy as the signals service is configured with it, from either syntax, with the keys
+/// errors about it name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StrategySpec {
+    pub name: String,
+    pub weight: Fixed,
+    pub params: toml::Table,
+    /// Where the name is (`signals.strategy[0].name`), and its parameters
+    /// (`signals.strategy[0].params`, or the fixed section itself).
+    pub name_key: String,
+    pub params_key: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -293,9 +335,16 @@ fn default_min_severity() -> Severity {
 }
 
 impl Scenario {
-    /// Parses and validates a scenario. `origin` names the file in errors.
+    /// Parses and validates a scenario whose strategies are the shipped ones. `origin` names
+    /// the file in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Scenario, ScenarioError> {
-        let scenario: Scenario = toml::from_str(text).map_err(|e| {
+        Scenario::from_toml_with(text, origin, &StrategyRegistry::shipped())
+    }
+
+    /// Parses and validates a scenario; its strategies are looked up in `registry` and built
+    /// once from their parameters, so an unknown name or a bad parameter is an error here.
+    pub fn from_toml_with(text: &str, origin: &str, registry: &StrategyRegistry) -> Result<Scenario, ScenarioError> {
+        let mut scenario: Scenario = toml::from_str(text).map_err(|e| {
             let span = e.span().map(|s| line_col(text, s.start));
             let problem = e.message().trim().to_string();
             ScenarioError {
@@ -307,12 +356,37 @@ impl Scenario {
                 problem,
             }
         })?;
+        scenario.origin = origin.to_string();
         scenario.validate().map_err(|(key, problem)| ScenarioError {
             origin: origin.to_string(),
             key,
             problem,
         })?;
+        registry.resolve(&scenario)?;
         Ok(scenario)
+    }
+
+    /// The strategies in the order the signals service evaluates them (and lists their views):
+    /// `[strategies.ema_crossover]`, `[strategies.breakout]`, then every `[[signals.strategy]]`
+    /// in file order.
+    pub fn strategy_specs(&self) -> Vec<StrategySpec> {
+        let mut specs = Vec::new();
+        if let Some(c) = &self.strategies.ema_crossover {
+            specs.push(fixed_section("ema_crossover", crate::signals::EMA_CROSSOVER, c.weight, c));
+        }
+        if let Some(c) = &self.strategies.breakout {
+            specs.push(fixed_section("breakout", crate::signals::BREAKOUT, c.weight, c));
+        }
+        for (i, e) in self.signals.strategy.iter().enumerate() {
+            specs.push(StrategySpec {
+                name: e.name.clone(),
+                weight: e.weight,
+                params: e.params.clone(),
+                name_key: format!("signals.strategy[{i}].name"),
+                params_key: format!("signals.strategy[{i}].params"),
+            });
+        }
+        specs
     }
 
     /// The bar intervals in milliseconds; the first drives the strategies.
@@ -491,36 +565,29 @@ impl Scenario {
         }
         fraction("portfolio.max_weight", p.max_weight)?;
         fraction("portfolio.rebalance_band", p.rebalance_band)?;
-        let s = &self.strategies;
-        if s.ema_crossover.is_none() && s.breakout.is_none() {
+        // Each strategy's parameters are its factory's to check (`StrategyRegistry::resolve`).
+        let specs = self.strategy_specs();
+        if specs.is_empty() {
             return err(
                 "strategies",
-                "configure at least one of [strategies.ema_crossover] or [strategies.breakout]".into(),
+                "configure at least one strategy: [strategies.ema_crossover], [strategies.breakout] or a [[signals.strategy]]".into(),
             );
         }
-        if let Some(e) = &s.ema_crossover {
-            if e.fast == 0 || e.slow <= e.fast {
-                return err(
-                    "strategies.ema_crossover",
-                    format!("needs 0 < fast < slow, got fast = {} and slow = {}", e.fast, e.slow),
-                );
-            }
-            if !e.full_strength_spread.is_positive() {
-                return err("strategies.ema_crossover.full_strength_spread", "must be positive".into());
-            }
-            if e.weight.is_negative() {
-                return err("strategies.ema_crossover.weight", "must not be negative".into());
+        let fixed = [
+            ("ema_crossover", self.strategies.ema_crossover.as_ref().map(|c| c.weight)),
+            ("breakout", self.strategies.breakout.as_ref().map(|c| c.weight)),
+        ];
+        for (section, weight) in fixed {
+            if weight.is_some_and(|w| w.is_negative()) {
+                return err(&format!("strategies.{section}.weight"), "must not be negative".into());
             }
         }
-        if let Some(b) = &s.breakout {
-            if b.lookback < 2 {
-                return err("strategies.breakout.lookback", format!("must be at least 2, got {}", b.lookback));
+        for (i, e) in self.signals.strategy.iter().enumerate() {
+            if e.name.trim().is_empty() {
+                return err(&format!("signals.strategy[{i}].name"), "must not be empty".into());
             }
-            if b.atr_multiple.is_negative() {
-                return err("strategies.breakout.atr_multiple", "must not be negative".into());
-            }
-            if b.weight.is_negative() {
-                return err("strategies.breakout.weight", "must not be negative".into());
+            if e.weight.is_negative() {
+                return err(&format!("signals.strategy[{i}].weight"), "must not be negative".into());
             }
         }
         let r = &self.risk;
@@ -570,6 +637,19 @@ impl Scenario {
     }
 }
 
+/// A fixed strategy section as a spec: its fields but `weight` are the strategy's parameters.
+fn fixed_section<T: Serialize>(section: &str, name: &str, weight: Fixed, config: &T) -> StrategySpec {
+    let mut params = toml::Table::try_from(config).expect("a strategy section serialises as a table");
+    params.remove("weight");
+    StrategySpec {
+        name: name.to_string(),
+        weight,
+        params,
+        name_key: format!("strategies.{section}"),
+        params_key: format!("strategies.{section}"),
+    }
+}
+
 fn fraction(key: &str, v: Fixed) -> Result<(), (String, String)> {
     if v.is_negative() || v > Fixed::ONE {
         Err((key.to_string(), format!("must be a fraction between 0 and 1, got {v}")))
@@ -604,4 +684,85 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
     (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FLASH_CRASH: &str = include_str!("../../scenarios/flash-crash.toml");
+
+    fn with_strategies(strategies: &str) -> String {
+        let (from, to) = (
+            FLASH_CRASH.find("[strategies.ema_crossover]").unwrap(),
+            FLASH_CRASH.find("[risk]").unwrap(),
+        );
+        format!("{}{strategies}\n{}", &FLASH_CRASH[..from], &FLASH_CRASH[to..])
+    }
+
+    fn error(text: &str) -> String {
+        Scenario::from_toml(text, "s.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_fixed_sections_come_first_then_the_named_strategies_in_file_order() {
+        // Given a scenario with both syntaxes,
+        let text = FLASH_CRASH.replace(
+            "[risk]",
+            "[[signals.strategy]]\nname = \"breakout\"\nweight = \"0.2\"\nparams = { lookback = 10, atr_multiple = \"1\" }\n\n[risk]",
+        );
+        // when its strategies are listed,
+        let specs = Scenario::from_toml(&text, "s.toml").unwrap().strategy_specs();
+        // then the fixed sections come first (their weight is not a parameter), then the entry.
+        let names: Vec<(&str, String, &str)> = specs
+            .iter()
+            .map(|s| (s.name.as_str(), s.weight.to_string(), s.params_key.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("ema-crossover", "0.6".into(), "strategies.ema_crossover"),
+                ("breakout", "0.4".into(), "strategies.breakout"),
+                ("breakout", "0.2".into(), "signals.strategy[0].params"),
+            ]
+        );
+        assert!(!specs[0].params.contains_key("weight"));
+        assert_eq!(specs[2].params.get("lookback"), Some(&toml::Value::Integer(10)));
+    }
+
+    #[test]
+    fn the_fixed_sections_bad_values_are_reported_at_their_keys_as_before() {
+        let ema = FLASH_CRASH.replace("fast = 12", "fast = 60");
+        assert_eq!(
+            error(&ema),
+            "s.toml: `strategies.ema_crossover`: needs 0 < fast < slow, got fast = 60 and slow = 48"
+        );
+        let breakout = FLASH_CRASH.replace("lookback = 30", "lookback = 1");
+        assert_eq!(
+            error(&breakout),
+            "s.toml: `strategies.breakout.lookback`: must be at least 2, got 1"
+        );
+        let weight = FLASH_CRASH.replace("weight = \"0.4\"", "weight = \"-0.4\"");
+        assert_eq!(error(&weight), "s.toml: `strategies.breakout.weight`: must not be negative");
+    }
+
+    #[test]
+    fn a_named_strategy_needs_a_name_and_a_weight_that_is_not_negative() {
+        let entry = |body: &str| with_strategies(&format!("[[signals.strategy]]\n{body}\n"));
+        assert_eq!(
+            error(&entry("name = \"\"")),
+            "s.toml: `signals.strategy[0].name`: must not be empty"
+        );
+        assert_eq!(
+            error(&entry(
+                "name = \"breakout\"\nweight = \"-1\"\nparams = { lookback = 3, atr_multiple = \"0\" }"
+            )),
+            "s.toml: `signals.strategy[0].weight`: must not be negative"
+        );
+        assert!(error(&entry("name = \"breakout\"\nlookback = 3")).contains("unknown field `lookback`"));
+        assert_eq!(
+            error(&with_strategies("")),
+            "s.toml: `strategies`: configure at least one strategy: [strategies.ema_crossover], [strategies.breakout] or a [[signals.strategy]]"
+        );
+    }
 }

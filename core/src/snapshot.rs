@@ -12,8 +12,10 @@ use std::collections::BTreeMap;
 /// The format's version, header and states together: a snapshot of another version is refused
 /// (and its task rebuilt by replaying the log), never misread. 3: the projections' audit trail
 /// is held compactly (`projections::AuditTrail`): ids as raw bytes, names interned. 4: the
-/// audit trail as columns in id order (ids, times, shape indices), loaded without hashing.
-pub const SNAPSHOT_VERSION: u32 = 4;
+/// audit trail as columns in id order (ids, times, shape indices), loaded without hashing. 5: the
+/// signals' strategies each encode their own state (`strategy::Strategy::encode_state`), under
+/// their registered names.
+pub const SNAPSHOT_VERSION: u32 = 5;
 
 #[derive(Serialize, Deserialize)]
 struct Header {

@@ -20,7 +20,7 @@
 
 use crate::services::Stages;
 use horizon_core::bus::{BusError, Consumer, Polled, Producer, Record, Topic, TopicPartition};
-use horizon_core::event::{Event, Payload, RebalanceReason, Signal};
+use horizon_core::event::{Event, Payload, RebalanceReason};
 use horizon_core::fixed::Fixed;
 use horizon_core::pipeline::{Pipeline, Stage};
 use horizon_core::portfolio::{Portfolio, PortfolioConfig};
@@ -28,7 +28,7 @@ use horizon_core::processor::{decode_dead_letter, DEAD_LETTER_ORIGINAL_BYTES_MAX
 use horizon_core::processor::{Processor, Stats, StepOutcome};
 use horizon_core::scenario::Scenario;
 use horizon_core::service::{Output, Rejection, Service};
-use horizon_core::signals::{Breakout, EmaCrossover, SignalConfig, SignalService};
+use horizon_core::signals::{SignalConfig, SignalService, SymbolSignals};
 use horizon_core::topics;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -120,7 +120,7 @@ impl Broken {
 
 #[derive(Default)]
 pub struct NoDedupState {
-    symbols: BTreeMap<String, (Option<EmaCrossover>, Option<Breakout>, horizon_core::event::Direction)>,
+    symbols: BTreeMap<String, SymbolSignals>,
 }
 
 /// The signals service, minus its check of bar sequence numbers.
@@ -143,44 +143,11 @@ impl Service for NoDedupSignals {
         let Payload::Bar(bar) = &event.payload else {
             return Err(Rejection(format!("{} does not belong on {}", event.event_type(), topics::BARS)));
         };
-        let cfg = &self.inner.config;
-        if bar.interval_ms != cfg.interval_ms {
+        if bar.interval_ms != self.inner.config.interval_ms {
             return Ok(());
         }
-        let (ema, breakout, direction) = state.symbols.entry(bar.symbol.clone()).or_insert_with(|| {
-            (
-                cfg.ema.clone().map(EmaCrossover::new),
-                cfg.breakout.clone().map(Breakout::new),
-                horizon_core::event::Direction::Flat,
-            )
-        });
-        let mut views = Vec::new();
-        if let (Some(s), Some(c)) = (ema.as_mut(), cfg.ema.as_ref()) {
-            views.push((c.weight, s.on_bar(bar)));
-        }
-        if let (Some(s), Some(c)) = (breakout.as_mut(), cfg.breakout.as_ref()) {
-            views.push((c.weight, s.on_bar(bar)));
-        }
-        let (dir, strength, target_weight) = self.inner.combine(&views);
-        let changed = dir != *direction;
-        *direction = dir;
-        let signal = Signal {
-            portfolio_id: cfg.portfolio_id.clone(),
-            symbol: bar.symbol.clone(),
-            direction: dir,
-            strength,
-            target_weight,
-            bar: bar.clone(),
-            strategies: views.into_iter().map(|(_, v)| v).collect(),
-            changed,
-        };
-        let key = cfg.portfolio_id.clone();
-        let ev = Event::derived(event, self.inner.name(), 0, key.clone(), bar.end(), Payload::Signal(signal));
-        out.push(Output {
-            topic: topics::SIGNALS,
-            key,
-            event: ev,
-        });
+        let sym = state.symbols.entry(bar.symbol.clone()).or_insert_with(|| self.inner.new_symbol());
+        out.push(self.inner.evaluate(sym, bar, event));
         Ok(())
     }
 }
