@@ -385,6 +385,10 @@ pub fn run_explore(args: ExploreArgs) -> Result<(), String> {
         }
         None => (range_first, range_end),
     };
+    if let Some(path) = &args.json {
+        // Refused now, not after the budget is spent: the file is written when the run ends.
+        std::fs::File::create(path).map_err(|e| format!("--json {}: {e}", path.display()))?;
+    }
     let Resolved { case, market } = args.case.resolve()?;
     let jobs = args.jobs.unwrap_or_else(cores).max(1);
     let slice = match shard {

@@ -510,6 +510,10 @@ fn explore_names_a_bad_shard_seeds_or_time() {
         ),
         (vec!["--seeds", "5.."], vec!["--seeds 5..", "--time"]),
         (vec!["--time", "soon"], vec!["--time", "soon"]),
+        (
+            vec!["--json", "/nonexistent-horizon-dir/r.json"],
+            vec!["--json /nonexistent-horizon-dir/r.json"],
+        ),
     ] {
         let out = horizon(&[&["explore", "quick"], &args[..]].concat());
         assert_one_line_error(&out, &what);
