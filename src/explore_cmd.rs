@@ -226,7 +226,8 @@ pub struct ExploreArgs {
     /// Threads (default: every core).
     #[arg(long)]
     pub jobs: Option<usize>,
-    /// Run every N-th seed twice to check determinism (0: never, 1: every seed).
+    /// Run every seed that is a multiple of N twice to check determinism (0: never, 1: every
+    /// seed); by the seed's number, so a seed is checked alike in any shard.
     #[arg(long, default_value_t = 8)]
     pub determinism_every: u64,
     /// Shrink the first failing seed of each invariant and print its minimal schedule.
