@@ -7,6 +7,7 @@
 //! failing seed's fault schedule to a minimal one. The edge lives here (files, wall clock,
 //! progress bar, threads); the runs themselves are pure.
 
+use crate::explore_results::{ResultFile, Shard};
 use crate::sim_cmd::{data_dir, load_scenario};
 use horizon_core::pipeline::MemoryRun;
 use horizon_core::scenario::Scenario;
@@ -15,15 +16,19 @@ use horizon_runtime::recorded::window::{read_window, Window, WindowRead};
 use horizon_sim::driver::{simulate, RunSpec};
 use horizon_sim::feed::Feed;
 use horizon_sim::trace::format_ns;
-use horizon_sim::{explore, shrink_seed, Case, ExploreOptions, FaultProfile, Invariant, Runner, Schedule, SeedReport, Services};
+use horizon_sim::{
+    explore, explore_until, shrink_seed, Case, ExploreOptions, FaultProfile, Invariant, Runner, Schedule, SeedReport, Services,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// What every simulator command needs to rebuild a run exactly.
-#[derive(clap::Args, Clone, Debug)]
+/// What every simulator command needs to rebuild a run exactly (also what an explore result
+/// file records as its case: two files of one case have equal `CaseArgs`).
+#[derive(clap::Args, Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CaseArgs {
     /// A scenario file, or the name of a shipped one (`flash-crash`, or the simulator's `quick`).
     pub scenario: String,
@@ -138,7 +143,7 @@ impl CaseArgs {
     }
 
     /// The flags that rebuild this case, for a printed command.
-    fn flags(&self) -> String {
+    pub fn flags(&self) -> String {
         let mut f = format!("{} --profile {}", self.scenario, self.profile);
         if self.events != horizon_sim::DEFAULT_EVENTS {
             f.push_str(&format!(" --events {}", self.events));
@@ -198,16 +203,31 @@ fn load_profile(arg: &str) -> Result<FaultProfile, String> {
 }
 
 #[derive(clap::Args)]
+#[command(after_help = "Shards' result files (--json) are merged with `horizon explore merge FILES...`.")]
 pub struct ExploreArgs {
     #[command(flatten)]
     pub case: CaseArgs,
-    /// Seeds to run: `A..B` (B excluded) or one seed.
-    #[arg(long, default_value = "0..1000")]
-    pub seeds: String,
+    /// Seeds to run: `A..B` (B excluded), one seed, or `A..` (open-ended, with --time only).
+    /// Default: `0..1000`, or `0..` with --time.
+    #[arg(long)]
+    pub seeds: Option<String>,
+    /// Run only the K-th of N disjoint, contiguous slices of the range (K from 1 to N), for
+    /// fanning one range out over N machines.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<String>,
+    /// Explore from the start of the range (or slice) until this much wall time is spent
+    /// (`60s`, `10m`, `500ms`, a bare number is seconds), then stop after the seeds under way.
+    #[arg(long)]
+    pub time: Option<String>,
+    /// Write the result (case, seeds run, time, each failing seed with its violations and
+    /// replay command) to FILE as JSON, for `horizon explore merge`.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
     /// Threads (default: every core).
     #[arg(long)]
     pub jobs: Option<usize>,
-    /// Run every N-th seed twice to check determinism (0: never, 1: every seed).
+    /// Run every seed that is a multiple of N twice to check determinism (0: never, 1: every
+    /// seed); by the seed's number, so a seed is checked alike in any shard.
     #[arg(long, default_value_t = 8)]
     pub determinism_every: u64,
     /// Shrink the first failing seed of each invariant and print its minimal schedule.
@@ -281,11 +301,16 @@ pub struct BenchSimArgs {
     pub json: bool,
 }
 
+/// `--seeds`: `A..B`, `A` or `A..` (open: to `u64::MAX`, which no budget reaches).
 fn parse_seeds(s: &str) -> Result<(u64, u64), String> {
-    let bad = || format!("--seeds {s}: expected A..B (B excluded) or a single seed");
+    let bad = || format!("--seeds {s}: expected A..B (B excluded), A.. (with --time) or a single seed");
     match s.split_once("..") {
         Some((a, b)) => {
-            let (a, b): (u64, u64) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+            let a: u64 = a.trim().parse().map_err(|_| bad())?;
+            let b: u64 = match b.trim() {
+                "" => u64::MAX,
+                b => b.parse().map_err(|_| bad())?,
+            };
             if b <= a {
                 return Err(format!("--seeds {s}: the range is empty"));
             }
@@ -293,9 +318,41 @@ fn parse_seeds(s: &str) -> Result<(u64, u64), String> {
         }
         None => {
             let a: u64 = s.trim().parse().map_err(|_| bad())?;
-            Ok((a, a + 1))
+            Ok((a, a.checked_add(1).ok_or_else(bad)?))
         }
     }
+}
+
+/// `--shard K/N`: K from 1 to N.
+fn parse_shard(s: &str) -> Result<Shard, String> {
+    let bad = |why: &str| format!("--shard {s}: {why}");
+    let (k, n) = s.split_once('/').ok_or_else(|| bad("expected K/N, like 2/4 (K from 1 to N)"))?;
+    let (k, n): (u64, u64) = match (k.trim().parse(), n.trim().parse()) {
+        (Ok(k), Ok(n)) => (k, n),
+        _ => return Err(bad("expected K/N, like 2/4 (K from 1 to N)")),
+    };
+    if n == 0 {
+        return Err(bad("N must be at least 1"));
+    }
+    if k == 0 || k > n {
+        return Err(bad(&format!("K must be from 1 to {n} (shards count from 1)")));
+    }
+    Ok(Shard { k, n })
+}
+
+/// Seeds `first..end` for a person: an open range is `first..`.
+pub fn seed_range(first: u64, end: u64) -> String {
+    if end == u64::MAX {
+        format!("{first}..")
+    } else {
+        format!("{first}..{end}")
+    }
+}
+
+/// `N seeds/s (M a minute)` over `secs`.
+pub fn rate(seeds: u64, secs: f64) -> String {
+    let secs = secs.max(1e-9);
+    format!("{:.1} seeds/s ({:.0} a minute)", seeds as f64 / secs, seeds as f64 * 60.0 / secs)
 }
 
 fn cores() -> usize {
@@ -303,12 +360,49 @@ fn cores() -> usize {
 }
 
 pub fn run_explore(args: ExploreArgs) -> Result<(), String> {
-    let (first, end) = parse_seeds(&args.seeds)?;
+    let budget = match &args.time {
+        Some(t) => Some(crate::run_cmd::parse_timeout(t).map_err(|e| format!("--time: {e}"))?),
+        None => None,
+    };
+    let seeds_arg = args.seeds.clone().unwrap_or_else(|| match budget {
+        Some(_) => "0..".into(),
+        None => "0..1000".into(),
+    });
+    let (range_first, range_end) = parse_seeds(&seeds_arg)?;
+    if range_end == u64::MAX && budget.is_none() {
+        return Err(format!("--seeds {seeds_arg}: an open range needs --time"));
+    }
+    let shard = args.shard.as_deref().map(parse_shard).transpose()?;
+    let (first, end) = match shard {
+        Some(Shard { k, n }) => {
+            let (a, b) = horizon_sim::shard(range_first, range_end, k, n).ok_or_else(|| format!("--shard {k}/{n}: no such slice"))?;
+            if a == b {
+                return Err(format!(
+                    "--shard {k}/{n}: --seeds {} has fewer seeds than shards",
+                    seed_range(range_first, range_end)
+                ));
+            }
+            (a, b)
+        }
+        None => (range_first, range_end),
+    };
+    if let Some(path) = &args.json {
+        // Refused now, not after the budget is spent: the file is written when the run ends.
+        std::fs::File::create(path).map_err(|e| format!("--json {}: {e}", path.display()))?;
+    }
     let Resolved { case, market } = args.case.resolve()?;
     let jobs = args.jobs.unwrap_or_else(cores).max(1);
-    let total = end - first;
+    let slice = match shard {
+        Some(Shard { k, n }) => format!(" (shard {k}/{n} of {})", seed_range(range_first, range_end)),
+        None => String::new(),
+    };
+    let within = match (&args.time, budget) {
+        (Some(t), Some(_)) => format!(" for {t}"),
+        _ => String::new(),
+    };
     eprintln!(
-        "exploring seeds {first}..{end} of {} ({} services, {market}) under {}: {}",
+        "exploring seeds {}{slice}{within} of {} ({} services, {market}) under {}: {}",
+        seed_range(first, end),
         case.scenario.name,
         case.services,
         case.profile.name,
@@ -316,12 +410,22 @@ pub fn run_explore(args: ExploreArgs) -> Result<(), String> {
     );
     let bar = if args.quiet {
         ProgressBar::hidden()
+    } else if end == u64::MAX {
+        ProgressBar::no_length()
     } else {
-        ProgressBar::new(total)
+        ProgressBar::new(end - first)
     };
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} seeds  {per_sec}  {elapsed_precise}  {msg}").map_err(|e| e.to_string())?,
-    );
+    let template = if end == u64::MAX {
+        "{pos} seeds  {seeds_per_sec}  {elapsed_precise}  {msg}"
+    } else {
+        "{bar:40} {pos}/{len} seeds  {seeds_per_sec}  {elapsed_precise}  {msg}"
+    };
+    bar.set_style(ProgressStyle::with_template(template).map_err(|e| e.to_string())?.with_key(
+        "seeds_per_sec",
+        |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.1} seeds/s", s.per_sec());
+        },
+    ));
     bar.set_message("0 failed");
     let started = Instant::now();
     let mut failed = 0u64;
@@ -331,7 +435,9 @@ pub fn run_explore(args: ExploreArgs) -> Result<(), String> {
         jobs,
         determinism_every: args.determinism_every,
     };
-    let reports = explore(&case, &opts, |r| {
+    let deadline = budget.map(|b| started + b);
+    let stop = || deadline.is_some_and(|d| Instant::now() >= d);
+    let reports = explore_until(&case, &opts, stop, |r| {
         if r.failed() {
             failed += 1;
             bar.set_message(format!("{failed} failed (last: seed {})", r.seed));
@@ -340,19 +446,40 @@ pub fn run_explore(args: ExploreArgs) -> Result<(), String> {
     });
     bar.finish_and_clear();
     let wall = started.elapsed();
+    let total = reports.len() as u64;
+    let ran_end = first + total;
+    if ran_end < end {
+        println!(
+            "time budget {} spent: ran seeds {} of {}",
+            args.time.as_deref().unwrap_or(""),
+            seed_range(first, ran_end),
+            seed_range(first, end)
+        );
+    }
     println!(
-        "{} seeds in {:.2} s on {jobs} threads: {:.1} seeds/s ({:.0} a minute); {} failed",
+        "{} seeds in {:.2} s on {jobs} threads: {}; {} failed",
         total,
         wall.as_secs_f64(),
-        total as f64 / wall.as_secs_f64(),
-        total as f64 * 60.0 / wall.as_secs_f64(),
+        rate(total, wall.as_secs_f64()),
         failed
     );
+    if let Some(path) = &args.json {
+        let file = ResultFile::new(
+            &args.case,
+            (range_first, range_end),
+            shard,
+            (first, ran_end),
+            wall.as_secs_f64(),
+            args.determinism_every,
+            &reports,
+        );
+        file.write(path)?;
+    }
     if failed == 0 {
         println!("every invariant held for every seed");
         return Ok(());
     }
-    print_failures(&args.case, &reports);
+    print_failures(&args.case.flags(), &reports);
     if args.shrink {
         let mut runner = Runner::new(case.clone());
         let mut firsts: BTreeMap<Invariant, u64> = BTreeMap::new();
@@ -373,7 +500,14 @@ pub fn run_explore(args: ExploreArgs) -> Result<(), String> {
     Err(format!("{failed} of {total} seeds broke an invariant"))
 }
 
-fn print_failures(args: &CaseArgs, reports: &[SeedReport]) {
+/// The command that replays `seed` of the case whose flags are `flags`.
+pub fn replay_command(flags: &str, seed: u64) -> String {
+    format!("horizon replay {flags} --seed {seed}")
+}
+
+/// The failure table (by invariant, with the command replaying each one's first seed), the
+/// first violation of each, and a shrink command. `flags`: [`CaseArgs::flags`].
+pub fn print_failures(flags: &str, reports: &[SeedReport]) {
     let mut by: BTreeMap<Invariant, Vec<&SeedReport>> = BTreeMap::new();
     for r in reports.iter().filter(|r| r.failed()) {
         let mut seen = Vec::new();
@@ -389,12 +523,11 @@ fn print_failures(args: &CaseArgs, reports: &[SeedReport]) {
     for (inv, rs) in &by {
         let firsts: Vec<String> = rs.iter().take(4).map(|r| r.seed.to_string()).collect();
         println!(
-            "{:<18} {:>6}  {:<24}  horizon replay {} --seed {}",
+            "{:<18} {:>6}  {:<24}  {}",
             inv.name(),
             rs.len(),
             firsts.join(" "),
-            args.flags(),
-            rs[0].seed
+            replay_command(flags, rs[0].seed)
         );
     }
     println!();
@@ -406,7 +539,7 @@ fn print_failures(args: &CaseArgs, reports: &[SeedReport]) {
     }
     if let Some((_, rs)) = by.iter().next() {
         println!();
-        println!("shrink one: horizon shrink {} --seed {}", args.flags(), rs[0].seed);
+        println!("shrink one: horizon shrink {flags} --seed {}", rs[0].seed);
     }
 }
 

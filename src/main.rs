@@ -7,6 +7,7 @@
 mod audit_cmd;
 mod bench_kafka_cmd;
 mod explore_cmd;
+mod explore_results;
 mod feed_cmd;
 mod query_cmd;
 mod run_cmd;
@@ -60,15 +61,31 @@ enum Command {
     Bench(explore_cmd::BenchCommand),
 }
 
+// `horizon explore merge FILES...`, parsed apart: `explore` takes a scenario where a
+// subcommand would go (a scenario file called `merge` is `./merge`).
+#[derive(Parser)]
+#[command(
+    name = "horizon explore merge",
+    bin_name = "horizon explore merge",
+    about = "Merge result files of `horizon explore --json` (shards of one case) into one failure table"
+)]
+struct MergeCli {
+    #[command(flatten)]
+    args: explore_results::MergeArgs,
+}
+
 fn main() -> ExitCode {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.len() >= 3 && argv[1] == "explore" && argv[2] == "merge" {
+        let parsed = MergeCli::try_parse_from(argv[2..].iter());
+        return match parsed {
+            Ok(m) => finish(explore_results::run_merge(m.args)),
+            Err(e) => clap_exit(e),
+        };
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
-            // clap's own rendering: usage errors name the flag; --help/--version print normally.
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
+        Err(e) => return clap_exit(e),
     };
     let result = match cli.command {
         Command::Sim(args) => sim_cmd::run(args),
@@ -84,6 +101,17 @@ fn main() -> ExitCode {
         Command::Shrink(args) => explore_cmd::run_shrink(args),
         Command::Bench(cmd) => explore_cmd::run_bench(cmd),
     };
+    finish(result)
+}
+
+/// clap's own rendering: usage errors name the flag; --help/--version print normally.
+fn clap_exit(e: clap::Error) -> ExitCode {
+    let code = if e.use_stderr() { 2 } else { 0 };
+    let _ = e.print();
+    ExitCode::from(code)
+}
+
+fn finish(result: Result<(), String>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -32,7 +32,7 @@ pub struct KafkaArgs {
 }
 
 /// `--timeout`: a bare number is seconds.
-fn parse_timeout(s: &str) -> Result<Duration, String> {
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
     let ms = match s.trim().parse::<u64>() {
         Ok(secs) => secs.checked_mul(1000).and_then(|ms| i64::try_from(ms).ok()),
         Err(_) => horizon_core::time::parse_duration_ms(s),

@@ -344,3 +344,208 @@ fn explore_runs_a_window_of_a_recording() {
     );
     assert!(stdout.contains("every invariant held for every seed"), "{stdout}");
 }
+
+/// A case that fails on purpose, fast: `chaos` with many reordered and duplicated producer
+/// batches (beyond Kafka's guarantees, see docs/simulator.md); seeds 40..70 fail at 46 and 68.
+const FAILING_CASE: [&str; 5] = [
+    "quick",
+    "--profile",
+    "chaos",
+    "--faults",
+    "producer-reorder=40:0,producer-duplicate=20",
+];
+
+/// A scratch folder, removed with everything in it on drop.
+struct Scratch(std::path::PathBuf);
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+fn scratch(name: &str) -> Scratch {
+    let dir = std::env::temp_dir().join(format!("horizon-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    Scratch(dir)
+}
+
+/// `horizon explore FAILING_CASE --seeds 40..70 --jobs 1 --quiet EXTRA...`
+fn explore_failing(extra: &[&str]) -> Output {
+    horizon(
+        &[
+            &["explore"],
+            &FAILING_CASE[..],
+            &["--seeds", "40..70", "--jobs", "1", "--quiet"],
+            extra,
+        ]
+        .concat(),
+    )
+}
+
+/// stdout from the failure table on (after the totals).
+fn failure_table(out: &Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let at = text.find("\ninvariant ").unwrap_or_else(|| panic!("no failure table in:\n{text}"));
+    text[at..].to_string()
+}
+
+#[test]
+fn explore_shards_merge_to_the_failures_of_one_unsharded_run() {
+    let dir = scratch("shards");
+    let file = |n: &str| dir.0.join(n).to_str().unwrap().to_string();
+    let whole = explore_failing(&["--json", &file("whole.json")]);
+    assert_eq!(whole.status.code(), Some(1), "{}", String::from_utf8_lossy(&whole.stderr));
+    for k in ["1/2", "2/2"] {
+        let out = explore_failing(&["--shard", k, "--json", &file(&format!("{}.json", &k[..1]))]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("(shard {k} of 40..70)")));
+    }
+    let merged = horizon(&["explore", "merge", &file("2.json"), &file("1.json")]);
+    let stdout = String::from_utf8_lossy(&merged.stdout);
+    assert_eq!(merged.status.code(), Some(1), "a failed seed fails the merge: {stdout}");
+    assert!(stdout.contains("merged 2 result files of quick --profile chaos"), "{stdout}");
+    assert!(stdout.contains("seeds 40..55 55..70"), "{stdout}");
+    assert!(stdout.contains("30 seeds in") && stdout.contains("seeds/s"), "{stdout}");
+    assert_eq!(failure_table(&merged), failure_table(&whole));
+
+    // The file: versioned, the case, the slice, and each failure's replay command as printed.
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(file("1.json")).unwrap()).unwrap();
+    assert_eq!(v["format"], 1);
+    assert_eq!(v["case"]["profile"], "chaos");
+    assert_eq!((v["shard"]["k"].as_u64(), v["shard"]["n"].as_u64()), (Some(1), Some(2)));
+    assert_eq!((v["ran"]["first"].as_u64(), v["ran"]["end"].as_u64()), (Some(40), Some(55)));
+    let failures = v["failures"].as_array().unwrap();
+    assert!(!failures.is_empty(), "{v}");
+    let replay = failures[0]["replay"].as_str().unwrap();
+    assert!(replay.starts_with("horizon replay quick --profile chaos --faults"), "{replay}");
+    assert!(String::from_utf8_lossy(&whole.stdout).contains(replay));
+    assert!(failures[0]["violations"][0]["invariant"].is_string());
+}
+
+#[test]
+fn explore_merge_refuses_other_cases_overlaps_malformed_and_missing_files() {
+    let dir = scratch("merge-refusals");
+    let file = |n: &str| dir.0.join(n).to_str().unwrap().to_string();
+    let out = horizon(&[
+        "explore",
+        "quick",
+        "--seeds",
+        "0..4",
+        "--shard",
+        "1/2",
+        "--jobs",
+        "1",
+        "--quiet",
+        "--json",
+        &file("a.json"),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let a: serde_json::Value = serde_json::from_slice(&std::fs::read(file("a.json")).unwrap()).unwrap();
+    let write = |name: &str, v: &serde_json::Value| {
+        std::fs::write(file(name), v.to_string()).unwrap();
+        file(name)
+    };
+    let mut other = a.clone();
+    other["case"]["profile"] = "swarm".into();
+    other["ran"] = serde_json::json!({"first": 2, "end": 4});
+    let mut overlapping = a.clone();
+    overlapping["ran"] = serde_json::json!({"first": 1, "end": 3});
+    let mut future = a.clone();
+    future["format"] = 2.into();
+    let mut outside = a.clone();
+    outside["failures"] =
+        serde_json::json!([{"seed": 9, "violations": [{"invariant": "stuck", "detail": "x"}], "replay": "horizon replay quick --seed 9"}]);
+    let mut unknown = a.clone();
+    unknown["failures"] = serde_json::json!([{"seed": 1, "violations": [{"invariant": "sad", "detail": "x"}], "replay": "r"}]);
+    let mut missing_field = a.clone();
+    missing_field.as_object_mut().unwrap().remove("ran");
+    std::fs::write(file("truncated.json"), &std::fs::read(file("a.json")).unwrap()[..40]).unwrap();
+    let a_path = file("a.json");
+    let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
+        (
+            vec![a_path.clone(), write("other.json", &other)],
+            vec!["different cases", "--profile kafka", "--profile swarm"],
+        ),
+        (
+            vec![a_path.clone(), write("overlap.json", &overlapping)],
+            vec!["overlap.json", "seeds 1..3", "overlap"],
+        ),
+        (vec![a_path.clone(), a_path.clone()], vec!["a.json", "overlap"]),
+        (vec![write("future.json", &future)], vec!["future.json", "format 2", "format 1"]),
+        (
+            vec![write("outside.json", &outside)],
+            vec!["outside.json", "seed 9 is outside the seeds run (0..2)"],
+        ),
+        (vec![write("unknown.json", &unknown)], vec!["unknown.json", "unknown variant `sad`"]),
+        (
+            vec![write("missing-field.json", &missing_field)],
+            vec!["missing-field.json", "missing field `ran`"],
+        ),
+        (vec![file("truncated.json")], vec!["truncated.json", "not an explore result file"]),
+        (vec![a_path.clone(), file("nowhere.json")], vec!["nowhere.json", "cannot read"]),
+    ];
+    for (files, what) in cases {
+        let args: Vec<&str> = ["explore", "merge"].into_iter().chain(files.iter().map(String::as_str)).collect();
+        let out = horizon(&args);
+        assert_one_line_error(&out, &what);
+        assert!(out.stdout.is_empty(), "nothing merged: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    // A clean merge of the two halves of one case.
+    let mut b = a.clone();
+    b["ran"] = serde_json::json!({"first": 2, "end": 4});
+    b["shard"]["k"] = 2.into();
+    let ok = horizon(&["explore", "merge", &a_path, &write("b.json", &b)]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("every invariant held for every seed"));
+}
+
+#[test]
+fn explore_names_a_bad_shard_seeds_or_time() {
+    for (args, what) in [
+        (vec!["--shard", "3/2"], vec!["--shard 3/2", "from 1 to 2"]),
+        (vec!["--shard", "0/2"], vec!["--shard 0/2"]),
+        (vec!["--shard", "half"], vec!["--shard half", "K/N"]),
+        (vec!["--shard", "1/0"], vec!["--shard 1/0"]),
+        (
+            vec!["--seeds", "0..2", "--shard", "1/3"],
+            vec!["--shard 1/3", "fewer seeds than shards"],
+        ),
+        (vec!["--seeds", "5.."], vec!["--seeds 5..", "--time"]),
+        (vec!["--time", "soon"], vec!["--time", "soon"]),
+        (
+            vec!["--json", "/nonexistent-horizon-dir/r.json"],
+            vec!["--json /nonexistent-horizon-dir/r.json"],
+        ),
+    ] {
+        let out = horizon(&[&["explore", "quick"], &args[..]].concat());
+        assert_one_line_error(&out, &what);
+    }
+}
+
+#[test]
+fn explore_time_stops_at_its_budget_and_reports_the_seeds_it_ran() {
+    let dir = scratch("time");
+    let file = dir.0.join("t.json");
+    let out = horizon_within(
+        &[
+            "explore",
+            "quick",
+            "--time",
+            "1s",
+            "--jobs",
+            "1",
+            "--quiet",
+            "--json",
+            file.to_str().unwrap(),
+        ],
+        std::time::Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("time budget 1s spent: ran seeds 0.."), "{stdout}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let ran = v["ran"]["end"].as_u64().unwrap();
+    assert_eq!(v["ran"]["first"], 0);
+    assert!(ran > 0, "{v}");
+    assert_eq!(v["range"]["end"].as_u64(), Some(u64::MAX), "open-ended by default with --time");
+    assert!(stdout.contains(&format!("{ran} seeds in")), "{stdout}");
+    assert!(v["seconds"].as_f64().unwrap() >= 1.0);
+}

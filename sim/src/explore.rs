@@ -36,7 +36,8 @@ pub struct ExploreOptions {
     /// One past the last seed.
     pub end: u64,
     pub jobs: usize,
-    /// Run every `n`-th seed twice to check determinism (0: never, 1: every seed).
+    /// Run every seed that is a multiple of `n` twice to check determinism (0: never, 1: every
+    /// seed).
     pub determinism_every: u64,
 }
 
@@ -82,10 +83,23 @@ pub fn check_seed(runner: &mut Runner, seed: u64, twice: bool) -> SeedReport {
 
 /// Runs every seed of `opts` on `opts.jobs` threads; `progress` sees each report as it comes.
 /// Returns the reports in seed order.
-pub fn explore(case: &Case, opts: &ExploreOptions, mut progress: impl FnMut(&SeedReport)) -> Vec<SeedReport> {
+pub fn explore(case: &Case, opts: &ExploreOptions, progress: impl FnMut(&SeedReport)) -> Vec<SeedReport> {
+    explore_until(case, opts, || false, progress)
+}
+
+/// [`explore`], taking no new seed once `stop` says so (a time budget at the command line:
+/// the simulator itself has no clock). A seed already taken is run to its end, and seeds are
+/// taken in order, so the reports are always the seeds `opts.first..k` for some `k`.
+pub fn explore_until(
+    case: &Case,
+    opts: &ExploreOptions,
+    stop: impl Fn() -> bool + Sync,
+    mut progress: impl FnMut(&SeedReport),
+) -> Vec<SeedReport> {
     let next = AtomicU64::new(opts.first);
+    let stop = &stop;
     let (tx, rx) = mpsc::channel::<SeedReport>();
-    let mut reports = Vec::with_capacity((opts.end.saturating_sub(opts.first)) as usize);
+    let mut reports = Vec::with_capacity((opts.end.saturating_sub(opts.first)).min(1 << 20) as usize);
     std::thread::scope(|scope| {
         for _ in 0..opts.jobs.max(1) {
             let tx = tx.clone();
@@ -94,11 +108,16 @@ pub fn explore(case: &Case, opts: &ExploreOptions, mut progress: impl FnMut(&See
             scope.spawn(move || {
                 let mut runner = Runner::new(case);
                 loop {
-                    let seed = next.fetch_add(1, Ordering::Relaxed);
-                    if seed >= opts.end {
+                    if stop() {
                         break;
                     }
-                    let twice = opts.determinism_every > 0 && (seed - opts.first).is_multiple_of(opts.determinism_every);
+                    // Taken in order, never past the end (an open range ends at u64::MAX).
+                    let Ok(seed) = next.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| (s < opts.end).then_some(s + 1)) else {
+                        break;
+                    };
+                    // By the seed itself, not its place in the range: a seed is checked the same
+                    // way whichever slice of a range it is run in.
+                    let twice = opts.determinism_every > 0 && seed.is_multiple_of(opts.determinism_every);
                     if tx.send(check_seed(&mut runner, seed, twice)).is_err() {
                         break;
                     }
@@ -113,6 +132,18 @@ pub fn explore(case: &Case, opts: &ExploreOptions, mut progress: impl FnMut(&See
     });
     reports.sort_by_key(|r| r.seed);
     reports
+}
+
+/// The `k`-th (1-based) of `n` disjoint slices of the seeds `first..end`: contiguous, in
+/// order, their lengths differ by at most one, and together they are exactly the range.
+/// `None` unless `1 <= k <= n`.
+pub fn shard(first: u64, end: u64, k: u64, n: u64) -> Option<(u64, u64)> {
+    if k == 0 || k > n || end < first {
+        return None;
+    }
+    let len = (end - first) as u128;
+    let at = |i: u64| first + (len * i as u128 / n as u128) as u64;
+    Some((at(k - 1), at(k)))
 }
 
 /// A failing seed's schedule, shrunk.
@@ -174,4 +205,36 @@ pub fn shrink_seed(runner: &mut Runner, seed: u64, target: Option<Invariant>, ma
         runs,
         outcome,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shard;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn shards_are_disjoint_and_cover_the_range_exactly(first in 0u64..u64::MAX / 2, len in 0u64..u64::MAX / 2, n in 1u64..64) {
+            let end = first + len;
+            let mut at = first;
+            for k in 1..=n {
+                let (a, b) = shard(first, end, k, n).unwrap();
+                prop_assert_eq!(a, at, "slice {} starts where {} ended", k, k - 1);
+                prop_assert!(b >= a);
+                prop_assert!(b - a <= len / n + 1, "balanced");
+                at = b;
+            }
+            prop_assert_eq!(at, end);
+            prop_assert!(shard(first, end, 0, n).is_none());
+            prop_assert!(shard(first, end, n + 1, n).is_none());
+        }
+    }
+
+    #[test]
+    fn small_ranges_split_as_expected() {
+        assert_eq!(shard(0, 10, 1, 3), Some((0, 3)));
+        assert_eq!(shard(0, 10, 2, 3), Some((3, 6)));
+        assert_eq!(shard(0, 10, 3, 3), Some((6, 10)));
+        assert_eq!(shard(0, u64::MAX, 2, 2), Some((u64::MAX / 2, u64::MAX)));
+    }
 }

@@ -26,11 +26,11 @@ use horizon_core::projections::Digests;
 use horizon_core::scenario::Scenario;
 use horizon_core::time::Timestamp;
 use horizon_core::topics;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Invariant {
     LostWrite,
@@ -80,7 +80,8 @@ impl fmt::Display for Invariant {
 }
 
 /// One broken invariant, with what shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Violation {
     pub invariant: Invariant,
     pub detail: String,

@@ -35,7 +35,7 @@ pub mod world;
 #[cfg(feature = "broken-services")]
 pub mod broken;
 
-pub use explore::{check_seed, explore, shrink_seed, ExploreOptions, SeedReport, Shrunk};
+pub use explore::{check_seed, explore, explore_until, shard, shrink_seed, ExploreOptions, SeedReport, Shrunk};
 pub use invariants::{Invariant, Violation};
 pub use profile::{FaultKind, FaultProfile, Knob, Protocol};
 pub use run::{Case, Outcome, Runner, DEFAULT_EVENTS};
