@@ -131,8 +131,6 @@ struct Log {
     events: Vec<(TopicPartition, u64, Event, bytes::Bytes)>,
     /// Records that do not decode (outside the dead-letter topic): (topic, partition, offset, raw).
     undecodable: Vec<(TopicPartition, u64, bytes::Bytes)>,
-    /// (source topic, event id) of every dead letter.
-    dead_letters: Vec<(String, String)>,
     /// The dead letters of each source record (not those of a refused output), by position.
     letters_at: BTreeMap<(String, u32, u64), Vec<horizon_proto::v1::DeadLetter>>,
 }
@@ -140,13 +138,11 @@ struct Log {
 fn read_log(broker: &Broker) -> Log {
     let mut events = Vec::new();
     let mut undecodable = Vec::new();
-    let mut dead_letters = Vec::new();
     let mut letters_at: BTreeMap<_, Vec<_>> = BTreeMap::new();
     for tp in broker.all_partitions() {
         for r in broker.read(tp, 0, broker.end_offset(tp)) {
             if tp.topic == topics::DEADLETTER {
                 if let Some(d) = decode_dead_letter(&r.value) {
-                    dead_letters.push((d.source_topic.clone(), d.event_id.clone()));
                     if d.refused_topic.is_empty() {
                         letters_at
                             .entry((d.source_topic.clone(), d.source_partition, d.source_offset))
@@ -164,7 +160,6 @@ fn read_log(broker: &Broker) -> Log {
     Log {
         events,
         undecodable,
-        dead_letters,
         letters_at,
     }
 }
@@ -372,10 +367,11 @@ fn check_bars(log: &Log, scenario: &Scenario, out: &mut Findings) {
     let interval = scenario.signal_interval_ms();
     let symbols: BTreeSet<String> = scenario.symbols().into_iter().collect();
     let rejected: BTreeSet<&str> = log
-        .dead_letters
+        .letters_at
         .iter()
-        .filter(|(topic, id)| topic == topics::MARKET_FEED && !id.is_empty())
-        .map(|(_, id)| id.as_str())
+        .filter(|((topic, _, _), _)| topic == topics::MARKET_FEED)
+        .flat_map(|(_, letters)| letters.iter().map(|d| d.event_id.as_str()))
+        .filter(|id| !id.is_empty())
         .collect();
     // Accepted trades per (symbol, bar start), each trade id once.
     let mut seen: BTreeSet<&str> = BTreeSet::new();

@@ -957,16 +957,6 @@ impl World {
             batch.clear();
             return Err(self.refuse(p, s, "flush"));
         }
-        let shot = self.one_shot(p, s, |k| {
-            matches!(
-                k,
-                OneShotKind::CrashInFlush(_)
-                    | OneShotKind::Fail(crate::schedule::Request::Flush)
-                    | OneShotKind::PartialFlush
-                    | OneShotKind::Duplicate
-                    | OneShotKind::Reorder
-            )
-        });
         let mut records = std::mem::take(batch);
         let who = Who::Stage(p, s);
         // The broker judges each record's size (librdkafka never builds a batch over its own
@@ -996,8 +986,19 @@ impl World {
             }
         }
         if records.is_empty() {
+            // Nothing reached a partition: the schedule's one-shot fault waits for a flush that does.
             return Err(BusError::Refused(refused));
         }
+        let shot = self.one_shot(p, s, |k| {
+            matches!(
+                k,
+                OneShotKind::CrashInFlush(_)
+                    | OneShotKind::Fail(crate::schedule::Request::Flush)
+                    | OneShotKind::PartialFlush
+                    | OneShotKind::Duplicate
+                    | OneShotKind::Reorder
+            )
+        });
         let result = self.flush_records(p, s, shot, records, who);
         match result {
             Ok(()) if !refused.is_empty() => Err(BusError::Refused(refused)),
