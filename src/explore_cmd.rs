@@ -17,7 +17,7 @@ use horizon_sim::driver::{simulate, RunSpec};
 use horizon_sim::feed::Feed;
 use horizon_sim::trace::format_ns;
 use horizon_sim::{
-    explore, explore_until, shrink_seed, Case, ExploreOptions, FaultProfile, Invariant, Runner, Schedule, SeedReport, Services,
+    explore, explore_until, shrink_seed, Case, ExploreOptions, FaultProfile, Invariant, Runner, Schedule, SeedReport,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
@@ -128,13 +128,13 @@ impl CaseArgs {
         if let Some(spec) = &self.faults {
             profile.apply_overrides(spec)?;
         }
-        let services = match &self.broken {
-            Some(name) => Services::parse(name)?,
-            None => Services::Production,
+        let topology = match &self.broken {
+            Some(name) => horizon_sim::topology_named(name)?,
+            None => horizon_core::topology::Topology::shipped(),
         };
         Ok(Case {
             scenario,
-            services,
+            topology: std::sync::Arc::new(topology),
             profile,
             events: (self.events > 0).then_some(self.events),
             feed_seed: self.feed_seed,
@@ -404,7 +404,7 @@ pub fn run_explore(args: ExploreArgs) -> Result<(), String> {
         "exploring seeds {}{slice}{within} of {} ({} services, {market}) under {}: {}",
         seed_range(first, end),
         case.scenario.name,
-        case.services,
+        case.topology.name,
         case.profile.name,
         case.profile.describe()
     );
@@ -585,7 +585,7 @@ pub fn run_replay(args: ReplayArgs) -> Result<(), String> {
     };
     println!(
         "scenario {} seed {} ({source}), {} services, {} feed events",
-        case.scenario.name, o.seed, case.services, o.feed_events
+        case.scenario.name, o.seed, case.topology.name, o.feed_events
     );
     println!("profile {}: {}", case.profile.name, profile.describe());
     println!();
@@ -740,6 +740,7 @@ fn bench_sim(args: BenchSimArgs) -> Result<(), String> {
     .resolve()?
     .case;
     let scenario = resolved.scenario.clone();
+    let topology = resolved.topology.clone();
     let events = resolved.events;
     let jobs = args.jobs.unwrap_or_else(cores).max(1);
     // 1. One core: the fault-free in-memory run vs the simulated kafka deployment, same feeds.
@@ -763,7 +764,7 @@ fn bench_sim(args: BenchSimArgs) -> Result<(), String> {
         memory += t.elapsed();
         let spec = RunSpec {
             scenario: &scenario,
-            services: Services::Production,
+            topology: &topology,
             profile: &p,
             schedule: &schedule,
             feed: &feed,

@@ -433,23 +433,26 @@ impl MemoryRun {
 
     /// Steps every stage until none has anything left to do.
     pub fn settle(&mut self) {
+        self.try_settle().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `settle`, an error from a stage's loop returned (a stage that publishes to a topic it
+    /// does not declare, say) naming the stage.
+    pub fn try_settle(&mut self) -> Result<(), String> {
         loop {
             let mut progress = false;
             let stages = self.pipeline.stages();
             for (stage, consumer) in stages.into_iter().zip(self.consumers.iter_mut()) {
                 loop {
-                    match stage
-                        .step(consumer, &mut self.producer, 4096)
-                        .expect("the in-memory bus does not fail")
-                    {
-                        StepOutcome::Idle => break,
-                        StepOutcome::Progress(_) => progress = true,
-                        StepOutcome::Retry(e) => unreachable!("in-memory bus refused: {e}"),
+                    match stage.step(consumer, &mut self.producer, 4096) {
+                        Ok(StepOutcome::Idle) => break,
+                        Ok(StepOutcome::Progress(_)) => progress = true,
+                        Ok(StepOutcome::Retry(e)) | Err(e) => return Err(format!("stage `{}`: {e}", stage.name())),
                     }
                 }
             }
             if !progress {
-                break;
+                return Ok(());
             }
         }
     }
@@ -463,17 +466,22 @@ impl MemoryRun {
 
     /// Feeds `chunk` events at a time, settling after each, then the rest.
     pub fn feed_all<I: IntoIterator<Item = Event>>(&mut self, feed: I, chunk: usize) {
+        self.try_feed_all(feed, chunk).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `feed_all`, a stage's error returned (see `try_settle`).
+    pub fn try_feed_all<I: IntoIterator<Item = Event>>(&mut self, feed: I, chunk: usize) -> Result<(), String> {
         let mut buf = Vec::with_capacity(chunk);
         for e in feed {
             buf.push(e);
             if buf.len() == chunk {
                 self.feed(&buf);
                 buf.clear();
-                self.settle();
+                self.try_settle()?;
             }
         }
         self.feed(&buf);
-        self.settle();
+        self.try_settle()
     }
 
     pub fn summary(&self, s: &Scenario, seed: u64) -> RunSummary {

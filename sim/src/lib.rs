@@ -40,4 +40,4 @@ pub use invariants::{Invariant, Violation};
 pub use profile::{FaultKind, FaultProfile, Knob, Protocol};
 pub use run::{Case, Outcome, Runner, DEFAULT_EVENTS};
 pub use schedule::{Fault, Schedule};
-pub use services::Services;
+pub use services::topology_named;
