@@ -16,9 +16,7 @@ use horizon_runtime::recorded::window::{read_window, Window, WindowRead};
 use horizon_sim::driver::{simulate, RunSpec};
 use horizon_sim::feed::Feed;
 use horizon_sim::trace::format_ns;
-use horizon_sim::{
-    explore, explore_until, shrink_seed, Case, ExploreOptions, FaultProfile, Invariant, Runner, Schedule, SeedReport,
-};
+use horizon_sim::{explore, explore_until, shrink_seed, Case, ExploreOptions, FaultProfile, Invariant, Runner, Schedule, SeedReport};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -181,20 +181,17 @@ impl<S: ReadModel + 'static> ReadReplica for Replica<S> {
         self.0.states().next().is_some()
     }
     fn same_state(&self, other: &dyn ReadReplica) -> bool {
-        other
-            .as_any()
-            .downcast_ref::<Processor<S>>()
-            .is_some_and(|o| {
-                let service = self.0.service();
-                let (mut a, mut b) = (self.0.states(), o.states());
-                loop {
-                    match (a.next(), b.next()) {
-                        (None, None) => return true,
-                        (Some((i, x)), Some((j, y))) if i == j && service.same_state(x, y) => {}
-                        _ => return false,
-                    }
+        other.as_any().downcast_ref::<Processor<S>>().is_some_and(|o| {
+            let service = self.0.service();
+            let (mut a, mut b) = (self.0.states(), o.states());
+            loop {
+                match (a.next(), b.next()) {
+                    (None, None) => return true,
+                    (Some((i, x)), Some((j, y))) if i == j && service.same_state(x, y) => {}
+                    _ => return false,
                 }
-            })
+            }
+        })
     }
     fn as_any(&self) -> &dyn Any {
         &self.0
@@ -307,7 +304,10 @@ impl Pipeline {
     }
 
     pub fn stage_mut(&mut self, name: &str) -> Option<&mut dyn Stage> {
-        self.stages.iter_mut().find(|s| s.name() == name).map(|s| s.as_mut() as &mut dyn Stage)
+        self.stages
+            .iter_mut()
+            .find(|s| s.name() == name)
+            .map(|s| s.as_mut() as &mut dyn Stage)
     }
 
     /// The first stage whose processing loop runs service `S`.
@@ -561,7 +561,8 @@ mod tests {
     fn every_topic_is_owned_by_the_first_stage_that_consumes_it_and_produced_where_the_stages_say() {
         let t = Topology::shipped();
         t.validate().unwrap();
-        let owners: Vec<(&str, Option<&str>, Vec<&str>)> = t.topics().iter().map(|s| (s.name, t.owner(s.name), t.producers(s.name))).collect();
+        let owners: Vec<(&str, Option<&str>, Vec<&str>)> =
+            t.topics().iter().map(|s| (s.name, t.owner(s.name), t.producers(s.name))).collect();
         assert_eq!(
             owners,
             [
@@ -720,7 +721,12 @@ mod tests {
             500,
         );
         let market_snap = run.pipeline.stage("market").unwrap().snapshot();
-        let err = run.pipeline.stage_mut("signals").unwrap().offer_snapshot(&market_snap[0].1).unwrap_err();
+        let err = run
+            .pipeline
+            .stage_mut("signals")
+            .unwrap()
+            .offer_snapshot(&market_snap[0].1)
+            .unwrap_err();
         assert!(err.contains("`market`"), "{err}");
         let bytes = &market_snap[0].1;
         let header_end = bytes.iter().position(|b| *b == b'\n').unwrap();

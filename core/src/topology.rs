@@ -144,6 +144,8 @@ pub struct Topology {
     pub name: String,
     topics: Vec<TopicSpec>,
     stages: Vec<StageSpec>,
+    /// The strategies its scenarios may name (`Scenario::from_toml_with`).
+    registry: StrategyRegistry,
 }
 
 /// The name of the shipped topology.
@@ -157,6 +159,7 @@ impl Topology {
             name: name.into(),
             topics: vec![deadletter],
             stages: Vec::new(),
+            registry: StrategyRegistry::shipped(),
         }
     }
 
@@ -176,6 +179,7 @@ impl Topology {
             name: SHIPPED.to_string(),
             topics: topics::ALL.to_vec(),
             stages: Vec::new(),
+            registry: registry.clone(),
         }
         .stage(StageSpec::service(
             crate::market::NAME,
@@ -195,11 +199,9 @@ impl Topology {
             &[topics::RISK, topics::PORTFOLIO, topics::NOTIFICATIONS],
             |s| Ok(PortfolioManager::new(ManagerConfig::from_scenario(s))),
         ))
-        .stage(StageSpec::read_model(
-            crate::projections::NAME,
-            crate::projections::INPUTS,
-            |s| Ok(ProjectionService::from_scenario(s)),
-        ))
+        .stage(StageSpec::read_model(crate::projections::NAME, crate::projections::INPUTS, |s| {
+            Ok(ProjectionService::from_scenario(s))
+        }))
     }
 
     /// The same topology under another name.
@@ -237,6 +239,16 @@ impl Topology {
         let spec = self.stages.remove(i);
         self.stages.insert(i, f(spec));
         self
+    }
+
+    /// The strategies a scenario of this topology may name.
+    pub fn registry(&self) -> &StrategyRegistry {
+        &self.registry
+    }
+
+    /// Reads a scenario file's text with this topology's strategies.
+    pub fn scenario(&self, text: &str, origin: &str) -> Result<Scenario, ScenarioError> {
+        Scenario::from_toml_with(text, origin, &self.registry)
     }
 
     pub fn topics(&self) -> &[TopicSpec] {
@@ -321,7 +333,11 @@ impl Topology {
                 ));
             }
             if s.inputs.contains(&topics::DEADLETTER) {
-                return err(format!("stage `{}` reads `{}`: nothing consumes dead letters in a topology", s.name, topics::DEADLETTER));
+                return err(format!(
+                    "stage `{}` reads `{}`: nothing consumes dead letters in a topology",
+                    s.name,
+                    topics::DEADLETTER
+                ));
             }
         }
         if !self.stages.iter().any(|s| s.replica) {
@@ -350,12 +366,12 @@ impl Topology {
                 origin: format!("topology `{}`", self.name),
                 key: String::new(),
                 problem: format!(
-                "stage `{}` reading {:?} built a service `{}` reading {:?}",
-                spec.name,
-                spec.inputs,
-                stage.name(),
-                stage.inputs()
-            ),
+                    "stage `{}` reading {:?} built a service `{}` reading {:?}",
+                    spec.name,
+                    spec.inputs,
+                    stage.name(),
+                    stage.inputs()
+                ),
             });
         }
         Ok(stage)

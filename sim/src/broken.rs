@@ -22,13 +22,13 @@ use horizon_core::bus::{BusError, Consumer, Polled, Producer, Record, Topic, Top
 use horizon_core::event::{Event, Payload, RebalanceReason};
 use horizon_core::fixed::Fixed;
 use horizon_core::pipeline::Stage;
-use horizon_core::topology::{StageSpec, Topology};
 use horizon_core::portfolio::{Portfolio, PortfolioConfig};
 use horizon_core::processor::{decode_dead_letter, DEAD_LETTER_ORIGINAL_BYTES_MAX};
 use horizon_core::processor::{Stats, StepOutcome};
 use horizon_core::service::{Output, Rejection, Service};
 use horizon_core::signals::{SignalConfig, SignalService, SymbolSignals};
 use horizon_core::topics;
+use horizon_core::topology::{StageSpec, Topology};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
@@ -85,9 +85,7 @@ impl Broken {
         let signals = horizon_core::signals::NAME;
         let manager = horizon_core::manager::NAME;
         match self {
-            Broken::CommitFirst => t.map_stage(market, |spec| {
-                spec.wrap(|inner| Box::new(CommitFirst { inner, held: Vec::new() }))
-            }),
+            Broken::CommitFirst => t.map_stage(market, |spec| spec.wrap(|inner| Box::new(CommitFirst { inner, held: Vec::new() }))),
             Broken::NoRestore => t.map_stage(market, |spec| spec.wrap(|inner| Box::new(NoRestore { inner }))),
             Broken::WholeDeadLetter => t.map_stage(market, |spec| {
                 spec.wrap(|inner| {

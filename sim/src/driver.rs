@@ -18,8 +18,8 @@ use crate::world::{Counters, Ev, Outgoing, SimConsumer, SimProducer, StagePlan, 
 use bytes::Bytes;
 use horizon_core::bus::partition_for;
 use horizon_core::memory::Broker;
-use horizon_core::processor::{Stats, StepOutcome};
 use horizon_core::pipeline::Stage;
+use horizon_core::processor::{Stats, StepOutcome};
 use horizon_core::scenario::Scenario;
 use horizon_core::topics;
 use horizon_core::topology::Topology;
@@ -377,8 +377,13 @@ impl Driver<'_> {
                     slot.backoff_ns = (slot.backoff_ns * 2).clamp(BACKOFF_MIN_NS, BACKOFF_MAX_NS);
                     let backoff = slot.backoff_ns;
                     w.trace.entry(32, &[now, p as u64, s as u64, backoff]);
-                    w.trace
-                        .line(now, || format!("{:<16} retry in {} ms: {e}", crate::world::stage_label(&w.stage_names, p, s), backoff / MS));
+                    w.trace.line(now, || {
+                        format!(
+                            "{:<16} retry in {} ms: {e}",
+                            crate::world::stage_label(&w.stage_names, p, s),
+                            backoff / MS
+                        )
+                    });
                     w.schedule_step(p, s, now + backoff);
                 }
                 Err(e) => return Err(format!("{} at {}: {e}", w.who(p, s), format_ns(now))),

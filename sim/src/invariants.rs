@@ -25,8 +25,8 @@ use crate::services::{drain, NoProducer, Stages};
 use horizon_core::bus::{BusError, Consumer, Polled, Record, TopicPartition};
 use horizon_core::event::{Event, Payload};
 use horizon_core::memory::Broker;
-use horizon_core::processor::decode_dead_letter;
 use horizon_core::pipeline::{ReadDigests, Stage};
+use horizon_core::processor::decode_dead_letter;
 use horizon_core::scenario::Scenario;
 use horizon_core::time::Timestamp;
 use horizon_core::topics;
@@ -189,7 +189,12 @@ fn replica_digests(replicas: &[Box<dyn Stage>], computed: &[(&[Box<dyn Stage>], 
 
 /// Checks a finished run of `topology`. `reference` is the fault-free run's digests on the
 /// same feed. Returns the violations and each process's replica digests.
-pub fn check(f: &mut Finished, scenario: &Scenario, topology: &Topology, reference: &ReadDigests) -> (Vec<Violation>, Vec<(usize, ReadDigests)>) {
+pub fn check(
+    f: &mut Finished,
+    scenario: &Scenario,
+    topology: &Topology,
+    reference: &ReadDigests,
+) -> (Vec<Violation>, Vec<(usize, ReadDigests)>) {
     let mut out = Findings::default();
     if let Some(s) = &f.stuck {
         out.add(Invariant::Stuck, || s.clone());
@@ -433,7 +438,11 @@ fn check_replica(p: usize, stage: &dyn Stage, log: &Log, out: &mut Findings) {
     let inputs = stage.inputs();
     let refused = |tp: &TopicPartition, offset: u64| log.letters_at.contains_key(&(tp.topic.to_string(), tp.partition, offset));
     if !replica.holds_state() {
-        if log.events.iter().any(|(tp, offset, ..)| inputs.contains(&tp.topic) && !refused(tp, *offset)) {
+        if log
+            .events
+            .iter()
+            .any(|(tp, offset, ..)| inputs.contains(&tp.topic) && !refused(tp, *offset))
+        {
             out.add(Invariant::LostWrite, || format!("replica p{p}/{name} holds no read model at all"));
         }
         return;

@@ -23,6 +23,7 @@
 pub mod driver;
 pub mod explore;
 pub mod feed;
+pub mod harness;
 pub mod invariants;
 pub mod profile;
 pub mod recorded;

@@ -298,6 +298,7 @@ impl Runner {
 pub fn reference(s: &Scenario, topology: &Topology, events: Vec<Event>) -> Result<ReadDigests, String> {
     let pipeline = Pipeline::from_topology(topology, s).map_err(|e| e.to_string())?;
     let mut run = MemoryRun::with_pipeline(pipeline);
-    run.try_feed_all(events, REFERENCE_CHUNK).map_err(|e| format!("the fault-free reference run failed: {e}"))?;
+    run.try_feed_all(events, REFERENCE_CHUNK)
+        .map_err(|e| format!("the fault-free reference run failed: {e}"))?;
     Ok(run.pipeline.read_digests())
 }

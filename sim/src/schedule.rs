@@ -259,7 +259,12 @@ impl fmt::Display for Fault {
                     i if i < shipped.len() => shipped.tp(i).to_string(),
                     i => format!("partition #{i}"),
                 };
-                write!(f, "{at}  deliveries of {which} delayed {} ms more for {}", extra_ms, format_ms(*for_ms))
+                write!(
+                    f,
+                    "{at}  deliveries of {which} delayed {} ms more for {}",
+                    extra_ms,
+                    format_ms(*for_ms)
+                )
             }
             Fault::FeedReconnect { replay, .. } => write!(f, "{at}  feed reconnects, replays {replay} trades per symbol"),
             Fault::FeedGap { for_ms, symbol, .. } => write!(f, "{at}  feed loses symbol #{symbol} for {}", format_ms(*for_ms)),
@@ -374,7 +379,12 @@ impl Bounds {
     /// The stages of a topology as a schedule names them.
     pub fn stages_of(topology: &horizon_core::topology::Topology) -> (Vec<StageId>, Vec<StageId>) {
         let all = topology.stages().iter().map(|s| StageId::new(s.name)).collect();
-        let producing = topology.stages().iter().filter(|s| !s.replica).map(|s| StageId::new(s.name)).collect();
+        let producing = topology
+            .stages()
+            .iter()
+            .filter(|s| !s.replica)
+            .map(|s| StageId::new(s.name))
+            .collect();
         (all, producing)
     }
 }

@@ -64,7 +64,9 @@ pub fn topology_named(name: &str) -> Result<Topology, String> {
     }
     #[cfg(not(feature = "broken-services"))]
     {
-        Err(format!("no broken service `{name}`: this build has none (build with `--features broken-services`)"))
+        Err(format!(
+            "no broken service `{name}`: this build has none (build with `--features broken-services`)"
+        ))
     }
 }
 

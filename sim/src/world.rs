@@ -370,7 +370,12 @@ impl World {
         for (p, row) in group_index.iter_mut().enumerate() {
             for (s, st) in stages.iter().enumerate().filter(|(_, st)| st.replica) {
                 row[s] = groups.len();
-                groups.push(GroupRt::new(format!("{}.p{p}", st.name), GroupOf::Replica { process: p, stage: s }, st.inputs, n));
+                groups.push(GroupRt::new(
+                    format!("{}.p{p}", st.name),
+                    GroupOf::Replica { process: p, stage: s },
+                    st.inputs,
+                    n,
+                ));
             }
         }
         let mut subscribers = vec![Vec::new(); topics.len()];
@@ -408,11 +413,15 @@ impl World {
                 Fault::RequestFailure {
                     process, stage, request, ..
                 } => one_shots.push(shot(*process, Some(stage_of(stage)), OneShotKind::Fail(*request))),
-                Fault::PartialFlush { process, stage, .. } => one_shots.push(shot(*process, Some(stage_of(stage)), OneShotKind::PartialFlush)),
+                Fault::PartialFlush { process, stage, .. } => {
+                    one_shots.push(shot(*process, Some(stage_of(stage)), OneShotKind::PartialFlush))
+                }
                 Fault::ProducerDuplicate { process, stage, .. } => {
                     one_shots.push(shot(*process, Some(stage_of(stage)), OneShotKind::Duplicate))
                 }
-                Fault::ProducerReorder { process, stage, .. } => one_shots.push(shot(*process, Some(stage_of(stage)), OneShotKind::Reorder)),
+                Fault::ProducerReorder { process, stage, .. } => {
+                    one_shots.push(shot(*process, Some(stage_of(stage)), OneShotKind::Reorder))
+                }
                 Fault::DelaySpike {
                     at_ms,
                     for_ms,
@@ -860,8 +869,9 @@ impl World {
                 slot.notices.push_back(Polled::Revoked(lost));
             }
             let (name, member, topics) = (self.groups[g].name.clone(), slot.member.clone(), self.groups[g].topics);
-            self.trace
-                .line(self.now, || format!("{:<16} learns it was expelled; rejoins", stage_label(&self.stage_names, p, s)));
+            self.trace.line(self.now, || {
+                format!("{:<16} learns it was expelled; rejoins", stage_label(&self.stage_names, p, s))
+            });
             self.broker.join(&name, &member, topics);
             self.after_rebalance(g);
         }
@@ -880,8 +890,9 @@ impl World {
             if self.trace.rendering() {
                 let list: Vec<String> = tps.iter().map(|t| t.to_string()).collect();
                 let what = if tag == 10 { "revoked" } else { "assigned" };
-                self.trace
-                    .line(self.now, || format!("{:<16} {what} {}", stage_label(&self.stage_names, p, s), list.join(" ")));
+                self.trace.line(self.now, || {
+                    format!("{:<16} {what} {}", stage_label(&self.stage_names, p, s), list.join(" "))
+                });
             }
             return Ok(notice);
         }
@@ -917,7 +928,8 @@ impl World {
         self.counters.records_delivered += out.len() as u64;
         if self.trace.rendering() {
             let text = ranges(&taken);
-            self.trace.line(self.now, || format!("{:<16} poll {text}", stage_label(&self.stage_names, p, s)));
+            self.trace
+                .line(self.now, || format!("{:<16} poll {text}", stage_label(&self.stage_names, p, s)));
         }
         Ok(Polled::Records(out))
     }
@@ -929,8 +941,9 @@ impl World {
         if self.request_fails(p, s, crate::schedule::Request::Commit) {
             self.counters.requests_failed += 1;
             self.trace.entry(22, &[self.now, p as u64, s as u64]);
-            self.trace
-                .line(self.now, || format!("{:<16} FAULT commit request fails", stage_label(&self.stage_names, p, s)));
+            self.trace.line(self.now, || {
+                format!("{:<16} FAULT commit request fails", stage_label(&self.stage_names, p, s))
+            });
             return Err(BusError::Unavailable("commit: request timed out (simulated)".into()));
         }
         let g = self.slots[p][s].group;
@@ -954,8 +967,9 @@ impl World {
                 Ok(()) => "".to_string(),
                 Err(e) => format!(" REFUSED ({e})"),
             };
-            self.trace
-                .line(self.now, || format!("{:<16} commit {}{verdict}", stage_label(&self.stage_names, p, s), list.join(" ")));
+            self.trace.line(self.now, || {
+                format!("{:<16} commit {}{verdict}", stage_label(&self.stage_names, p, s), list.join(" "))
+            });
         }
         result
     }
@@ -968,7 +982,10 @@ impl World {
             self.counters.requests_failed += 1;
             self.trace.entry(23, &[self.now, p as u64, s as u64]);
             self.trace.line(self.now, || {
-                format!("{:<16} FAULT committed-offset request for {tp} fails", stage_label(&self.stage_names, p, s))
+                format!(
+                    "{:<16} FAULT committed-offset request for {tp} fails",
+                    stage_label(&self.stage_names, p, s)
+                )
             });
             return Err(BusError::Unavailable("committed: request timed out (simulated)".into()));
         }
@@ -984,7 +1001,10 @@ impl World {
             self.counters.requests_failed += 1;
             self.trace.entry(24, &[self.now, p as u64, s as u64]);
             self.trace.line(self.now, || {
-                format!("{:<16} FAULT fetch of {tp} [{from}..{to}) fails", stage_label(&self.stage_names, p, s))
+                format!(
+                    "{:<16} FAULT fetch of {tp} [{from}..{to}) fails",
+                    stage_label(&self.stage_names, p, s)
+                )
             });
             return Err(BusError::Unavailable("fetch: request timed out (simulated)".into()));
         }
@@ -992,7 +1012,11 @@ impl World {
         let records = self.broker.read(tp, from, to);
         let n = records.len();
         self.trace.line(self.now, || {
-            format!("{:<16} restore reads {tp} [{from}..{}) ", stage_label(&self.stage_names, p, s), from + n as u64)
+            format!(
+                "{:<16} restore reads {tp} [{from}..{}) ",
+                stage_label(&self.stage_names, p, s),
+                from + n as u64
+            )
         });
         Ok(records)
     }
@@ -1032,7 +1056,10 @@ impl World {
                 self.trace.entry(33, &[self.now, p as u64, s as u64, refused.len() as u64]);
                 let n = refused.len();
                 self.trace.line(self.now, || {
-                    format!("{:<16} broker refuses {n} record(s) of the flush for their size", stage_label(&self.stage_names, p, s))
+                    format!(
+                        "{:<16} broker refuses {n} record(s) of the flush for their size",
+                        stage_label(&self.stage_names, p, s)
+                    )
                 });
             }
         }
@@ -1079,8 +1106,9 @@ impl World {
             Some(OneShotKind::Fail(_)) => {
                 self.counters.requests_failed += 1;
                 self.trace.entry(26, &[self.now, p as u64, s as u64]);
-                self.trace
-                    .line(self.now, || format!("{:<16} FAULT flush fails, nothing appended", stage_label(&self.stage_names, p, s)));
+                self.trace.line(self.now, || {
+                    format!("{:<16} FAULT flush fails, nothing appended", stage_label(&self.stage_names, p, s))
+                });
                 Err(BusError::Unavailable("flush: produce request timed out (simulated)".into()))
             }
             Some(OneShotKind::PartialFlush) => {
@@ -1114,7 +1142,10 @@ impl World {
                 self.trace.entry(28, &[self.now, p as u64, s as u64, tp as u64]);
                 let t = self.layout.tp(tp);
                 self.trace.line(self.now, || {
-                    format!("{:<16} FAULT a retry appends the {t} batch twice", stage_label(&self.stage_names, p, s))
+                    format!(
+                        "{:<16} FAULT a retry appends the {t} batch twice",
+                        stage_label(&self.stage_names, p, s)
+                    )
                 });
                 for r in records {
                     self.append(r.tp, r.key, r.value, who);

@@ -6,10 +6,10 @@ mod common;
 use common::{failures, scenario, seeds, SCENARIOS};
 use horizon_core::bus::partition_for;
 use horizon_core::topics;
+use horizon_core::topology::Topology;
 use horizon_sim::driver::{simulate, RunSpec};
 use horizon_sim::feed::Feed;
 use horizon_sim::schedule::{strategy, Request, StageId};
-use horizon_core::topology::Topology;
 use horizon_sim::{explore, Case, Fault, FaultProfile, Invariant, Runner, Schedule};
 use proptest::prelude::*;
 

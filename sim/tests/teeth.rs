@@ -5,8 +5,8 @@
 mod common;
 
 use common::{failures, scenario};
-use horizon_sim::broken::Broken;
 use horizon_core::topology::Topology;
+use horizon_sim::broken::Broken;
 use horizon_sim::{explore, shrink_seed, Case, ExploreOptions, FaultProfile, Invariant, Runner};
 use std::sync::Arc;
 
