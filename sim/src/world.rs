@@ -437,7 +437,7 @@ impl World {
             }
         }
         World {
-            broker: Broker::new(),
+            broker: Broker::with_topics(topics),
             now: 0,
             arrival: vec![Vec::new(); n],
             layout,
