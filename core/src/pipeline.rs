@@ -20,8 +20,9 @@ use crate::topics;
 use crate::topology::Topology;
 use std::any::Any;
 
-/// A processing loop whose service is hidden: what a driver needs.
-pub trait Stage {
+/// A processing loop whose service is hidden: what a driver needs. `Send`: the Kafka service
+/// process runs each stage on a thread of its own.
+pub trait Stage: Send {
     fn name(&self) -> &'static str;
     fn inputs(&self) -> &'static [Topic];
     fn step(&mut self, consumer: &mut dyn Consumer, producer: &mut dyn Producer, max_records: usize) -> Result<StepOutcome, BusError>;

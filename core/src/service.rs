@@ -26,9 +26,10 @@ impl std::fmt::Display for Rejection {
     }
 }
 
-pub trait Service {
+/// `Send`: the Kafka service process steps each stage on a thread of its own.
+pub trait Service: Send {
     /// The state of one task.
-    type State: Default;
+    type State: Default + Send;
 
     /// Names the service, its consumer group and the producer in its events' metadata.
     fn name(&self) -> &'static str;
