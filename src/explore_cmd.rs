@@ -9,9 +9,9 @@
 
 use crate::explore_results::{ResultFile, Shard};
 use crate::sim_cmd::{data_dir, load_scenario_with};
-use horizon_core::topology::Topology;
 use horizon_core::pipeline::MemoryRun;
 use horizon_core::scenario::Scenario;
+use horizon_core::topology::Topology;
 use horizon_core::Timestamp;
 use horizon_runtime::recorded::window::{read_window, Window, WindowRead};
 use horizon_sim::driver::{simulate, RunSpec};

@@ -108,11 +108,10 @@ pub fn main_with(topology: Topology) -> ExitCode {
     }
     let mut command = Cli::command();
     if topology.name != SHIPPED {
-        let name = bin_name();
-        command = command
-            .name(name.clone())
-            .bin_name(name)
-            .about(format!("CipherHorizon's commands over topology `{}`", topology.name));
+        // Once per process: clap's names are static.
+        let name: &'static str = Box::leak(bin_name().into_boxed_str());
+        let about: &'static str = Box::leak(format!("CipherHorizon's commands over topology `{}`", topology.name).into_boxed_str());
+        command = command.name(name).bin_name(name).about(about);
     }
     let cli = match command.try_get_matches().and_then(|m| Cli::from_arg_matches(&m)) {
         Ok(c) => c,
@@ -122,10 +121,10 @@ pub fn main_with(topology: Topology) -> ExitCode {
         Command::Sim(args) => sim_cmd::run(args, &topology),
         Command::Scenario(cmd) => scenario_cmd::run(cmd),
         Command::Audit(cmd) => audit_cmd::run(cmd),
-        Command::Run(args) => run_cmd::run(args),
+        Command::Run(args) => run_cmd::run(args, &topology),
         Command::Feed(args) => feed_cmd::run(args),
-        Command::Topics(cmd) => topics_cmd::run(cmd),
-        Command::Digest(args) => run_cmd::digest(args),
+        Command::Topics(cmd) => topics_cmd::run(cmd, &topology),
+        Command::Digest(args) => run_cmd::digest(args, &topology),
         Command::Query(args) => query_cmd::run(args),
         Command::Explore(args) => explore_cmd::run_explore(args, &topology),
         Command::Replay(args) => explore_cmd::run_replay(args, &topology),

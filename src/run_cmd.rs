@@ -1,18 +1,17 @@
-//! `horizon run`: the shipped topology as a long-lived service process on Apache Kafka (the
-//! logic is `horizon_runtime::cli`, which a user's binary calls with its own topology), and
-//! `horizon digest`: a read replica built from the log on demand.
+//! `horizon run`: a topology as a long-lived service process on Apache Kafka (the logic is
+//! `horizon_runtime::cli`), and `horizon digest`: its read replicas rebuilt from the log on
+//! demand.
 
-use crate::sim_cmd::load_scenario;
-use horizon_core::strategy::StrategyRegistry;
+use crate::sim_cmd::load_scenario_with;
+use horizon_core::pipeline::ReadDigests;
 use horizon_core::topology::Topology;
 use horizon_runtime::replica;
 use std::time::Duration;
 
 pub use horizon_runtime::cli::{parse_timeout, KafkaArgs, RunArgs};
 
-pub fn run(args: RunArgs) -> Result<(), String> {
-    let registry = StrategyRegistry::shipped();
-    let code = horizon_runtime::cli::run_with(args, Topology::shipped_with(registry.clone()), &registry)?;
+pub fn run(args: RunArgs, topology: &Topology) -> Result<(), String> {
+    let code = horizon_runtime::cli::run(args, topology.clone())?;
     if code != 0 {
         std::process::exit(code);
     }
@@ -38,19 +37,25 @@ pub struct DigestArgs {
     pub json: bool,
 }
 
-pub fn digest(args: DigestArgs) -> Result<(), String> {
-    let (_path, scenario) = load_scenario(&args.scenario)?;
+pub fn digest(args: DigestArgs, topology: &Topology) -> Result<(), String> {
+    let (_path, scenario) = load_scenario_with(&args.scenario, topology)?;
     let config = args.kafka.connect()?;
-    let r = replica::build(
-        &Topology::shipped(),
-        &scenario,
-        &config,
-        &args.group_prefix,
-        Duration::from_secs(args.catch_up_secs),
-    )
-    .map_err(|e| e.to_string())?;
+    let timeout = Duration::from_secs(args.catch_up_secs);
+    let r = replica::build(topology, &scenario, &config, &args.group_prefix, timeout).map_err(|e| e.to_string())?;
+    // A user's read models, each rebuilt by a replica of its own.
+    let mut parts = r.read_digests().parts;
+    for spec in topology
+        .stages()
+        .iter()
+        .filter(|s| s.replica && s.name != horizon_core::projections::NAME)
+    {
+        let other =
+            replica::build_stage(topology, &scenario, &config, &args.group_prefix, spec.name, timeout).map_err(|e| e.to_string())?;
+        parts.extend(other.read_digests().parts);
+    }
+    let read = ReadDigests::from_parts(parts);
     if args.json {
-        let v = serde_json::json!({"digests": r.digests(), "events": r.events, "records_read": r.records_read, "views": r.views()});
+        let v = serde_json::json!({"digests": r.digests(), "read_digests": read, "events": r.events, "records_read": r.records_read, "views": r.views()});
         println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
     } else {
         println!("{} distinct events from {} records", r.events, r.records_read);
@@ -62,6 +67,12 @@ pub fn digest(args: DigestArgs) -> Result<(), String> {
         println!("  notifications  {}", digests.notifications);
         println!("  audit          {}", digests.audit);
         println!("  all            {}", digests.all);
+        if read.parts.len() > r.read_digests().parts.len() {
+            println!("read-model digests of topology `{}`", topology.name);
+            for (part, d) in &read.parts {
+                println!("  {part:<28} {d}");
+            }
+        }
     }
     Ok(())
 }

@@ -39,21 +39,9 @@ pub struct RecordingArgs {
     pub allow_empty: bool,
 }
 
-/// Finds a scenario by path, or by name in `scenarios/`.
+/// Finds a scenario by path, or by name in `scenarios/` (`horizon_runtime::cli`'s lookup).
 pub fn resolve_scenario(arg: &str) -> Result<PathBuf, String> {
-    let direct = PathBuf::from(arg);
-    if direct.is_file() {
-        return Ok(direct);
-    }
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios").join(format!("{arg}.toml"));
-    if shipped.is_file() {
-        return Ok(shipped);
-    }
-    let local = Path::new("scenarios").join(format!("{arg}.toml"));
-    if local.is_file() {
-        return Ok(local);
-    }
-    Err(format!("{arg}: no such scenario file, and no shipped scenario of that name"))
+    horizon_runtime::cli::resolve_scenario(arg)
 }
 
 /// A scenario file (by path or shipped name) read with the shipped strategies.
@@ -64,8 +52,7 @@ pub fn load_scenario(arg: &str) -> Result<(PathBuf, Scenario), String> {
 /// A scenario file read with `topology`'s strategies (a user's binary knows its own).
 pub fn load_scenario_with(arg: &str, topology: &Topology) -> Result<(PathBuf, Scenario), String> {
     let path = resolve_scenario(arg)?;
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let scenario = topology.scenario(&text, &path.display().to_string()).map_err(|e| e.to_string())?;
+    let scenario = horizon_runtime::cli::load_scenario(&path.display().to_string(), topology.registry())?;
     Ok((path, scenario))
 }
 

@@ -1,5 +1,5 @@
-//! `horizon topics`: the shipped topology's topics, created with their partition counts
-//! (`horizon_runtime::cli::create_topics`, which a user's binary calls with its own topology).
+//! `horizon topics`: a topology's topics, created with their partition counts
+//! (`horizon_runtime::cli::create_topics`).
 
 use horizon_core::topology::Topology;
 use horizon_runtime::cli::{self, CreateTopicsArgs};
@@ -12,11 +12,11 @@ pub enum TopicsCommand {
     List,
 }
 
-pub fn run(cmd: TopicsCommand) -> Result<(), String> {
+pub fn run(cmd: TopicsCommand, topology: &Topology) -> Result<(), String> {
     match cmd {
-        TopicsCommand::Create(args) => cli::create_topics(&args, &Topology::shipped()),
+        TopicsCommand::Create(args) => cli::create_topics(&args, topology),
         TopicsCommand::List => {
-            cli::print_topics(&Topology::shipped());
+            cli::print_topics(topology);
             Ok(())
         }
     }

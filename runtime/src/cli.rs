@@ -117,10 +117,8 @@ pub fn resolve_scenario(arg: &str) -> Result<PathBuf, String> {
     if direct.is_file() {
         return Ok(direct);
     }
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("scenarios")
-        .join(format!("{arg}.toml"));
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new(".."));
+    let shipped = workspace.join("scenarios").join(format!("{arg}.toml"));
     if shipped.is_file() {
         return Ok(shipped);
     }
@@ -204,18 +202,13 @@ fn duration_flag(flag: &str, value: &str) -> Result<Duration, String> {
     }
 }
 
-/// `horizon run` on `topology`, the scenario's strategies being the shipped ones: see `run_with`.
-pub fn run(args: RunArgs, topology: Topology) -> Result<i32, String> {
-    run_with(args, topology, &StrategyRegistry::shipped())
-}
-
 /// Runs the selected stages of `topology` on Kafka until SIGTERM/SIGINT, the scenario's
-/// strategies looked up in `registry` (the one the topology's signals stage was built with).
-/// Returns the exit code: 0, or `UNSETTLED_EXIT` when a stop left work unsettled (the line
-/// naming it is printed). An error is one line naming what is wrong.
-pub fn run_with(args: RunArgs, topology: Topology, registry: &StrategyRegistry) -> Result<i32, String> {
+/// strategies looked up in the topology's registry. Returns the exit code: 0, or
+/// `UNSETTLED_EXIT` when a stop left work unsettled (the line naming it is printed). An error
+/// is one line naming what is wrong.
+pub fn run(args: RunArgs, topology: Topology) -> Result<i32, String> {
     topology.validate().map_err(|e| e.to_string())?;
-    let scenario = load_scenario(&args.scenario, registry)?;
+    let scenario = load_scenario(&args.scenario, topology.registry())?;
     let config = args.kafka.config()?;
     let token = args.http_token_file.as_deref().map(api::read_token_file).transpose()?;
     let stages = match &args.services {

@@ -7,9 +7,9 @@
 use crate::kafka::{KafkaConfig, KafkaConsumer};
 use crate::service::{replica_group, StepTiming, Tracking};
 use horizon_core::bus::{BusError, Consumer, TopicPartition};
-use horizon_core::pipeline::{Pipeline, Stage};
+use horizon_core::pipeline::{Pipeline, ReadDigests};
 use horizon_core::processor::StepOutcome;
-use horizon_core::projections::{Digests, ProjectionService, Views};
+use horizon_core::projections::{Digests, Views};
 use horizon_core::scenario::Scenario;
 use horizon_core::topics;
 use horizon_core::topology::{TopicSpec, Topology};
@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 pub struct Replica {
     pipeline: Pipeline,
+    /// The read replica stage it rebuilt.
+    stage: &'static str,
     /// Distinct events applied.
     pub events: u64,
     pub records_read: u64,
@@ -36,6 +38,11 @@ impl Replica {
     pub fn views(&self) -> Views {
         self.pipeline.views()
     }
+
+    /// The rebuilt read replica's digests (`stage.part`), whichever read model it is.
+    pub fn read_digests(&self) -> ReadDigests {
+        ReadDigests::of(self.pipeline.stage(self.stage))
+    }
 }
 
 /// Builds `topology`'s shipped projections from the log up to the end offsets of now; fails
@@ -47,13 +54,31 @@ pub fn build(
     group_prefix: &str,
     timeout: Duration,
 ) -> Result<Replica, BusError> {
+    build_stage(topology, scenario, config, group_prefix, horizon_core::projections::NAME, timeout)
+}
+
+/// `build` for any read replica stage of the topology (a user's read model too), by name.
+pub fn build_stage(
+    topology: &Topology,
+    scenario: &Scenario,
+    config: &KafkaConfig,
+    group_prefix: &str,
+    stage: &str,
+    timeout: Duration,
+) -> Result<Replica, BusError> {
     let start = Instant::now();
+    let spec = topology
+        .stage_spec(stage)
+        .filter(|s| s.replica)
+        .ok_or_else(|| BusError::Fatal(format!("topology `{}` has no read replica `{stage}` to rebuild", topology.name)))?;
+    let (stage, inputs) = (spec.name, spec.inputs);
     let mut pipeline = Pipeline::from_topology(topology, scenario).map_err(|e| BusError::Fatal(e.to_string()))?;
-    let inputs = pipeline
-        .projection_processor()
-        .map(Stage::inputs)
-        .ok_or_else(|| BusError::Fatal(format!("topology `{}` has no shipped projections to rebuild", topology.name)))?;
-    let group = replica_group(group_prefix, "digest");
+    // The shipped projections keep their group name (`digest`); another replica is named in it.
+    let group = if stage == horizon_core::projections::NAME {
+        replica_group(group_prefix, "digest")
+    } else {
+        replica_group(group_prefix, &format!("digest.{stage}"))
+    };
     let mut consumer = KafkaConsumer::new_prefetching(config, &group, inputs)?;
     consumer.set_poll_timing(Duration::from_millis(200), Duration::from_millis(5));
     // The replica publishes nothing (projections have no outputs), but the loop needs a producer
@@ -81,8 +106,8 @@ pub fn build(
             return Err(BusError::Unavailable(format!("the replica did not catch up within {timeout:?}")));
         }
         let mut tracking = Tracking::new(&mut consumer, &mut applied, &mut timing);
-        let projections = pipeline.processor_mut::<ProjectionService>().expect("found above");
-        match Stage::step(projections, &mut tracking, &mut producer, 8192)? {
+        let replica = pipeline.stage_mut(stage).expect("found above");
+        match replica.step(&mut tracking, &mut producer, 8192)? {
             StepOutcome::Progress(n) => {
                 if n > 0 && first_batch.is_none() {
                     first_batch = Some((Instant::now(), n as u64));
@@ -99,17 +124,18 @@ pub fn build(
         }
         // Checked after every step, not only once a poll came back empty (which costs a whole
         // poll wait at the end).
-        if ends.iter().all(|(tp, end)| applied.get(tp).copied().unwrap_or(0) >= *end) && projections.is_settled() {
+        if ends.iter().all(|(tp, end)| applied.get(tp).copied().unwrap_or(0) >= *end) && replica.unsettled() == Default::default() {
             break;
         }
     }
-    let records_read = pipeline.projection_processor().expect("found above").stats.records_in;
+    let records_read = pipeline.stage(stage).expect("found above").stats().records_in;
     let flowing = first_batch.map_or((0, Duration::ZERO), |(at, n)| (records_read - n, at.elapsed()));
     drop(consumer);
     Ok(Replica {
         events: pipeline.projections().map(|p| p.audit.len() as u64).unwrap_or(0),
         records_read,
         pipeline,
+        stage,
         flowing,
     })
 }

@@ -4,7 +4,7 @@
 //! its deliberate mistake is caught and shrunk.
 
 use horizon_example_bollinger::{scenario, topology, SCENARIO_ORIGIN};
-use horizon_sim::{harness, Case, FaultProfile, Invariant, Runner};
+use horizon_sim::{harness, Case, FaultProfile, Runner};
 
 /// Trades a seed: an hour of the market, so the 20-bar band is full for most of it and the
 /// bands are crossed (the default 1,000 trades are eight minutes: no alert at all).
@@ -83,9 +83,9 @@ mod holds {
 #[cfg(feature = "broken")]
 #[test]
 fn the_broken_band_alerts_is_caught_and_shrunk() {
+    use horizon_sim::Invariant;
     let failure = harness::explore_seeds(&case(FaultProfile::kafka()), 0..60, 2)
-        .err()
-        .expect("the broken band-alerts stage passed 60 seeds of the kafka profile");
+        .expect_err("the broken band-alerts stage passed 60 seeds of the kafka profile");
     let text = failure.render(&replay(failure.report.seed));
     println!("{text}");
     let shrunk = failure.shrunk.as_ref().expect("the failure reproduces and shrinks");
