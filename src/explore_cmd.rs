@@ -8,7 +8,7 @@
 //! progress bar, threads); the runs themselves are pure.
 
 use crate::explore_results::{ResultFile, Shard};
-use crate::sim_cmd::{data_dir, load_scenario_with};
+use crate::sim_cmd::{data_dir, load_scenario};
 use horizon_core::pipeline::MemoryRun;
 use horizon_core::scenario::Scenario;
 use horizon_core::topology::Topology;
@@ -177,7 +177,7 @@ impl CaseArgs {
 
 /// A shipped scenario, the simulator's own (`quick`), or a file.
 fn resolve_scenario(arg: &str, topology: &Topology) -> Result<Scenario, String> {
-    match load_scenario_with(arg, topology) {
+    match load_scenario(arg, topology) {
         Ok((_, s)) => Ok(s),
         Err(e) => {
             let own = Path::new(env!("CARGO_MANIFEST_DIR"))

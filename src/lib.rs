@@ -119,13 +119,13 @@ pub fn main_with(topology: Topology) -> ExitCode {
     };
     let result = match cli.command {
         Command::Sim(args) => sim_cmd::run(args, &topology),
-        Command::Scenario(cmd) => scenario_cmd::run(cmd),
+        Command::Scenario(cmd) => scenario_cmd::run(cmd, &topology),
         Command::Audit(cmd) => audit_cmd::run(cmd),
         Command::Run(args) => run_cmd::run(args, &topology),
-        Command::Feed(args) => feed_cmd::run(args),
+        Command::Feed(args) => feed_cmd::run(args, &topology),
         Command::Topics(cmd) => topics_cmd::run(cmd, &topology),
         Command::Digest(args) => run_cmd::digest(args, &topology),
-        Command::Query(args) => query_cmd::run(args),
+        Command::Query(args) => query_cmd::run(args, &topology),
         Command::Explore(args) => explore_cmd::run_explore(args, &topology),
         Command::Replay(args) => explore_cmd::run_replay(args, &topology),
         Command::Shrink(args) => explore_cmd::run_shrink(args, &topology),

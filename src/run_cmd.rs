@@ -2,7 +2,7 @@
 //! `horizon_runtime::cli`), and `horizon digest`: its read replicas rebuilt from the log on
 //! demand.
 
-use crate::sim_cmd::load_scenario_with;
+use crate::sim_cmd::load_scenario;
 use horizon_core::pipeline::ReadDigests;
 use horizon_core::topology::Topology;
 use horizon_runtime::replica;
@@ -38,7 +38,7 @@ pub struct DigestArgs {
 }
 
 pub fn digest(args: DigestArgs, topology: &Topology) -> Result<(), String> {
-    let (_path, scenario) = load_scenario_with(&args.scenario, topology)?;
+    let (_path, scenario) = load_scenario(&args.scenario, topology)?;
     let config = args.kafka.connect()?;
     let timeout = Duration::from_secs(args.catch_up_secs);
     let r = replica::build(topology, &scenario, &config, &args.group_prefix, timeout).map_err(|e| e.to_string())?;

@@ -44,13 +44,9 @@ pub fn resolve_scenario(arg: &str) -> Result<PathBuf, String> {
     horizon_runtime::cli::resolve_scenario(arg)
 }
 
-/// A scenario file (by path or shipped name) read with the shipped strategies.
-pub fn load_scenario(arg: &str) -> Result<(PathBuf, Scenario), String> {
-    load_scenario_with(arg, &Topology::shipped())
-}
-
-/// A scenario file read with `topology`'s strategies (a user's binary knows its own).
-pub fn load_scenario_with(arg: &str, topology: &Topology) -> Result<(PathBuf, Scenario), String> {
+/// A scenario file (by path or shipped name) read with `topology`'s strategies (a user's
+/// binary knows its own).
+pub fn load_scenario(arg: &str, topology: &Topology) -> Result<(PathBuf, Scenario), String> {
     let path = resolve_scenario(arg)?;
     let scenario = horizon_runtime::cli::load_scenario(&path.display().to_string(), topology.registry())?;
     Ok((path, scenario))
@@ -109,7 +105,7 @@ pub fn with_feed<R>(
 }
 
 pub fn run(args: SimArgs, topology: &Topology) -> Result<(), String> {
-    let (_path, scenario) = load_scenario_with(&args.scenario, topology)?;
+    let (_path, scenario) = load_scenario(&args.scenario, topology)?;
     let seed = args.seed.unwrap_or(scenario.seed);
     let pipeline = Pipeline::from_topology(topology, &scenario).map_err(|e| e.to_string())?;
     let started = Instant::now();
