@@ -17,7 +17,10 @@ use std::time::Duration;
 
 /// The `horizon` binary of the crate under test (the root crate's tests only).
 pub fn horizon() -> Command {
-    Command::new(option_env!("CARGO_BIN_EXE_horizon").expect("only the root crate's tests run `horizon`"))
+    match option_env!("CARGO_BIN_EXE_horizon") {
+        Some(bin) => Command::new(bin),
+        None => panic!("only the root crate's tests run `horizon`"),
+    }
 }
 
 /// Runs `horizon ARGS`, which must succeed, and returns its stdout.
