@@ -584,7 +584,7 @@ fn day_recovery() {
             run.feed(&buf);
             buf.clear();
             run.settle();
-            snap = Some(run.pipeline.projections.snapshot().remove(0).1);
+            snap = Some(run.pipeline.projection_processor().unwrap().snapshot().remove(0).1);
         }
         trades += 1;
         buf.push(e);
@@ -597,10 +597,10 @@ fn day_recovery() {
     run.feed(&buf);
     run.settle();
     let snap = snap.expect("the day reaches 23:00");
-    let reference = run.pipeline.projections.snapshot().remove(0).1;
+    let reference = run.pipeline.projection_processor().unwrap().snapshot().remove(0).1;
     let records: u64 = {
         let broker = run.bus.broker();
-        let inputs = run.pipeline.projections.service().inputs();
+        let inputs = run.pipeline.projection_processor().unwrap().service().inputs();
         broker
             .all_partitions()
             .into_iter()
@@ -614,7 +614,7 @@ fn day_recovery() {
     );
 
     let name = horizon_core::projections::NAME;
-    let inputs = run.pipeline.projections.service().inputs();
+    let inputs = run.pipeline.projection_processor().unwrap().service().inputs();
     run.bus.broker_mut().leave(name, "member-0");
     // A fresh processor recovering the day: offered `snapshot` or not, then restored the way a
     // restarted process is (its group's committed offsets are the end of the day).

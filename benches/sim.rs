@@ -11,7 +11,7 @@ use horizon_core::pipeline::MemoryRun;
 use horizon_core::scenario::Scenario;
 use horizon_sim::driver::{simulate, RunSpec};
 use horizon_sim::feed::Feed;
-use horizon_sim::{Case, FaultProfile, Runner, Services};
+use horizon_sim::{Case, FaultProfile, Runner};
 use proptest::strategy::ValueTree;
 use std::hint::black_box;
 
@@ -36,11 +36,12 @@ fn bench(c: &mut Criterion) {
     g.bench_function("memory_run", |b| {
         b.iter(|| black_box(MemoryRun::run(&s, events.clone(), 8192).feed_events))
     });
+    let topology = horizon_core::topology::Topology::shipped();
     g.bench_function("kafka_run", |b| {
         b.iter(|| {
             let spec = RunSpec {
                 scenario: &s,
-                services: Services::Production,
+                topology: &topology,
                 profile: &profile,
                 schedule: &schedule,
                 feed: &feed,

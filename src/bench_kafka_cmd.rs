@@ -43,7 +43,7 @@ pub fn run(args: BenchKafkaArgs) -> Result<(), String> {
                 .into(),
         );
     }
-    let (_path, mut scenario) = load_scenario(&args.scenario)?;
+    let (_path, mut scenario) = load_scenario(&args.scenario, &horizon_core::topology::Topology::shipped())?;
     if let Some(g) = scenario.market.generator.as_mut() {
         g.duration = "30d".into();
     }

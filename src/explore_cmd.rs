@@ -11,14 +11,13 @@ use crate::explore_results::{ResultFile, Shard};
 use crate::sim_cmd::{data_dir, load_scenario};
 use horizon_core::pipeline::MemoryRun;
 use horizon_core::scenario::Scenario;
+use horizon_core::topology::Topology;
 use horizon_core::Timestamp;
 use horizon_runtime::recorded::window::{read_window, Window, WindowRead};
 use horizon_sim::driver::{simulate, RunSpec};
 use horizon_sim::feed::Feed;
 use horizon_sim::trace::format_ns;
-use horizon_sim::{
-    explore, explore_until, shrink_seed, Case, ExploreOptions, FaultProfile, Invariant, Runner, Schedule, SeedReport, Services,
-};
+use horizon_sim::{explore, explore_until, shrink_seed, Case, ExploreOptions, FaultProfile, Invariant, Runner, Schedule, SeedReport};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -72,8 +71,8 @@ pub struct Resolved {
 impl CaseArgs {
     /// The case, with a recorded scenario's window read once (every seed replays it).
     /// Whatever no seed could run (a missing file, an empty window) is refused here.
-    fn resolve(&self) -> Result<Resolved, String> {
-        let mut case = self.case()?;
+    fn resolve(&self, base: &Topology) -> Result<Resolved, String> {
+        let mut case = self.case(base)?;
         let market = match self.window(&case.scenario)? {
             Some(w) => {
                 let market = format!("recorded: {}", w.describe());
@@ -122,19 +121,25 @@ impl CaseArgs {
             .map_err(|e| format!("{}: {e}", scenario.name))
     }
 
-    fn case(&self) -> Result<Case, String> {
-        let scenario = resolve_scenario(&self.scenario)?;
+    fn case(&self, base: &Topology) -> Result<Case, String> {
+        let scenario = resolve_scenario(&self.scenario, base)?;
         let mut profile = load_profile(&self.profile)?;
         if let Some(spec) = &self.faults {
             profile.apply_overrides(spec)?;
         }
-        let services = match &self.broken {
-            Some(name) => Services::parse(name)?,
-            None => Services::Production,
+        let topology = match &self.broken {
+            Some(name) if base.name == horizon_core::topology::SHIPPED => horizon_sim::topology_named(name)?,
+            Some(name) => {
+                return Err(format!(
+                    "--broken {name}: the broken services are shipped stages; this binary runs topology `{}`",
+                    base.name
+                ))
+            }
+            None => base.clone(),
         };
         Ok(Case {
             scenario,
-            services,
+            topology: std::sync::Arc::new(topology),
             profile,
             events: (self.events > 0).then_some(self.events),
             feed_seed: self.feed_seed,
@@ -171,8 +176,8 @@ impl CaseArgs {
 }
 
 /// A shipped scenario, the simulator's own (`quick`), or a file.
-fn resolve_scenario(arg: &str) -> Result<Scenario, String> {
-    match load_scenario(arg) {
+fn resolve_scenario(arg: &str, topology: &Topology) -> Result<Scenario, String> {
+    match load_scenario(arg, topology) {
         Ok((_, s)) => Ok(s),
         Err(e) => {
             let own = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -182,7 +187,7 @@ fn resolve_scenario(arg: &str) -> Result<Scenario, String> {
                 return Err(e);
             }
             let text = std::fs::read_to_string(&own).map_err(|e| format!("{}: {e}", own.display()))?;
-            Scenario::from_toml(&text, &own.display().to_string()).map_err(|e| e.to_string())
+            topology.scenario(&text, &own.display().to_string()).map_err(|e| e.to_string())
         }
     }
 }
@@ -359,7 +364,7 @@ fn cores() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
-pub fn run_explore(args: ExploreArgs) -> Result<(), String> {
+pub fn run_explore(args: ExploreArgs, topology: &Topology) -> Result<(), String> {
     let budget = match &args.time {
         Some(t) => Some(crate::run_cmd::parse_timeout(t).map_err(|e| format!("--time: {e}"))?),
         None => None,
@@ -390,7 +395,7 @@ pub fn run_explore(args: ExploreArgs) -> Result<(), String> {
         // Refused now, not after the budget is spent: the file is written when the run ends.
         std::fs::File::create(path).map_err(|e| format!("--json {}: {e}", path.display()))?;
     }
-    let Resolved { case, market } = args.case.resolve()?;
+    let Resolved { case, market } = args.case.resolve(topology)?;
     let jobs = args.jobs.unwrap_or_else(cores).max(1);
     let slice = match shard {
         Some(Shard { k, n }) => format!(" (shard {k}/{n} of {})", seed_range(range_first, range_end)),
@@ -404,7 +409,7 @@ pub fn run_explore(args: ExploreArgs) -> Result<(), String> {
         "exploring seeds {}{slice}{within} of {} ({} services, {market}) under {}: {}",
         seed_range(first, end),
         case.scenario.name,
-        case.services,
+        case.topology.name,
         case.profile.name,
         case.profile.describe()
     );
@@ -502,7 +507,7 @@ pub fn run_explore(args: ExploreArgs) -> Result<(), String> {
 
 /// The command that replays `seed` of the case whose flags are `flags`.
 pub fn replay_command(flags: &str, seed: u64) -> String {
-    format!("horizon replay {flags} --seed {seed}")
+    format!("{} replay {flags} --seed {seed}", crate::bin_name())
 }
 
 /// The failure table (by invariant, with the command replaying each one's first seed), the
@@ -539,7 +544,7 @@ pub fn print_failures(flags: &str, reports: &[SeedReport]) {
     }
     if let Some((_, rs)) = by.iter().next() {
         println!();
-        println!("shrink one: horizon shrink {flags} --seed {}", rs[0].seed);
+        println!("shrink one: {} shrink {flags} --seed {}", crate::bin_name(), rs[0].seed);
     }
 }
 
@@ -556,7 +561,8 @@ fn print_shrunk(s: &horizon_sim::Shrunk, args: &CaseArgs, seed: u64) {
         println!("  {v}");
     }
     println!(
-        "save and replay it: horizon shrink {} --seed {seed} --out minimal.json",
+        "save and replay it: {} shrink {} --seed {seed} --out minimal.json",
+        crate::bin_name(),
         args.flags()
     );
 }
@@ -565,8 +571,8 @@ fn indent(text: &str) -> String {
     text.lines().map(|l| format!("  {l}\n")).collect()
 }
 
-pub fn run_replay(args: ReplayArgs) -> Result<(), String> {
-    let Resolved { case, market } = args.case.resolve()?;
+pub fn run_replay(args: ReplayArgs, topology: &Topology) -> Result<(), String> {
+    let Resolved { case, market } = args.case.resolve(topology)?;
     let mut runner = Runner::new(case.clone());
     let (profile, tree) = runner.schedule_tree(args.seed)?;
     let schedule = match &args.schedule_file {
@@ -585,7 +591,7 @@ pub fn run_replay(args: ReplayArgs) -> Result<(), String> {
     };
     println!(
         "scenario {} seed {} ({source}), {} services, {} feed events",
-        case.scenario.name, o.seed, case.services, o.feed_events
+        case.scenario.name, o.seed, case.topology.name, o.feed_events
     );
     println!("profile {}: {}", case.profile.name, profile.describe());
     println!();
@@ -634,8 +640,8 @@ pub fn run_replay(args: ReplayArgs) -> Result<(), String> {
     }
 }
 
-pub fn run_shrink(args: ShrinkArgs) -> Result<(), String> {
-    let case = args.case.resolve()?.case;
+pub fn run_shrink(args: ShrinkArgs, topology: &Topology) -> Result<(), String> {
+    let case = args.case.resolve(topology)?.case;
     let target = match &args.invariant {
         Some(name) => Some(Invariant::parse(name).ok_or_else(|| {
             let known: Vec<&str> = Invariant::ALL.iter().map(|i| i.name()).collect();
@@ -685,8 +691,9 @@ pub fn run_shrink(args: ShrinkArgs) -> Result<(), String> {
             std::fs::write(path, json + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
             println!();
             println!(
-                "wrote {}; replay: horizon replay {} --seed {} --schedule-file {} --schedule",
+                "wrote {}; replay: {} replay {} --seed {} --schedule-file {} --schedule",
                 path.display(),
+                crate::bin_name(),
                 args.case.flags(),
                 args.seed,
                 path.display()
@@ -694,7 +701,7 @@ pub fn run_shrink(args: ShrinkArgs) -> Result<(), String> {
         }
         None => {
             println!();
-            println!("as JSON (--out FILE writes it for `horizon replay --schedule-file`):");
+            println!("as JSON (--out FILE writes it for `{} replay --schedule-file`):", crate::bin_name());
             println!("{json}");
         }
     }
@@ -737,9 +744,10 @@ fn bench_sim(args: BenchSimArgs) -> Result<(), String> {
         skip: 0,
         skip_bad: false,
     }
-    .resolve()?
+    .resolve(&Topology::shipped())?
     .case;
     let scenario = resolved.scenario.clone();
+    let topology = resolved.topology.clone();
     let events = resolved.events;
     let jobs = args.jobs.unwrap_or_else(cores).max(1);
     // 1. One core: the fault-free in-memory run vs the simulated kafka deployment, same feeds.
@@ -763,7 +771,7 @@ fn bench_sim(args: BenchSimArgs) -> Result<(), String> {
         memory += t.elapsed();
         let spec = RunSpec {
             scenario: &scenario,
-            services: Services::Production,
+            topology: &topology,
             profile: &p,
             schedule: &schedule,
             feed: &feed,

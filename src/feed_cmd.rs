@@ -49,8 +49,8 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
     }
 }
 
-pub fn run(args: FeedArgs) -> Result<(), String> {
-    let (_path, scenario) = load_scenario(&args.scenario)?;
+pub fn run(args: FeedArgs, topology: &horizon_core::topology::Topology) -> Result<(), String> {
+    let (_path, scenario) = load_scenario(&args.scenario, topology)?;
     let config = args.kafka.config()?;
     let rate = args.rate.as_deref().map(parse_rate).transpose()?;
     let every = Duration::try_from_secs_f64(args.progress_secs)

@@ -68,7 +68,7 @@ enum Cut {
     Offsets(BTreeMap<String, u64>),
 }
 
-pub fn run(args: QueryArgs) -> Result<(), String> {
+pub fn run(args: QueryArgs, topology: &horizon_core::topology::Topology) -> Result<(), String> {
     let log = args
         .log
         .clone()
@@ -78,7 +78,7 @@ pub fn run(args: QueryArgs) -> Result<(), String> {
     // about as much as the replay itself), and no answer is printed from a log that fails it.
     std::thread::scope(|scope| {
         let verified = (!args.no_verify).then(|| scope.spawn(|| verify(lines.iter().map(|(n, l)| (*n, l)))));
-        let answer = answer(&args, &log, &lines);
+        let answer = answer(&args, &log, &lines, topology);
         if let Some(verified) = verified {
             let report = verified.join().map_err(|_| "the hash chain check panicked".to_string())?;
             report.map_err(|t| {
@@ -94,7 +94,12 @@ pub fn run(args: QueryArgs) -> Result<(), String> {
 }
 
 /// The view as of the cut, replayed from the log's records.
-fn answer(args: &QueryArgs, log: &Path, lines: &[(usize, Line)]) -> Result<serde_json::Value, String> {
+fn answer(
+    args: &QueryArgs,
+    log: &Path,
+    lines: &[(usize, Line)],
+    topology: &horizon_core::topology::Topology,
+) -> Result<serde_json::Value, String> {
     let records: Vec<_> = lines
         .iter()
         .filter_map(|(_, l)| match l {
@@ -144,7 +149,7 @@ fn answer(args: &QueryArgs, log: &Path, lines: &[(usize, Line)]) -> Result<serde
         }
     }
     let service = match &args.scenario {
-        Some(s) => ProjectionService::from_scenario(&crate::sim_cmd::load_scenario(s)?.1),
+        Some(s) => ProjectionService::from_scenario(&crate::sim_cmd::load_scenario(s, topology)?.1),
         None => ProjectionService {
             initial_cash: BTreeMap::new(),
         },

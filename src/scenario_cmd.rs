@@ -50,17 +50,17 @@ pub enum ScenarioCommand {
     },
 }
 
-pub fn run(cmd: ScenarioCommand) -> Result<(), String> {
+pub fn run(cmd: ScenarioCommand, topology: &horizon_core::topology::Topology) -> Result<(), String> {
     match cmd {
         ScenarioCommand::List { json } => list(json),
-        ScenarioCommand::Show { scenario, json, recording } => show(&scenario, json, recording),
+        ScenarioCommand::Show { scenario, json, recording } => show(&scenario, json, recording, topology),
         ScenarioCommand::Bars {
             scenario,
             interval,
             symbol,
             ema,
             recording,
-        } => bars(&scenario, interval, symbol, ema, recording),
+        } => bars(&scenario, interval, symbol, ema, recording, topology),
     }
 }
 
@@ -175,8 +175,8 @@ struct Shown {
     recording: Option<ReadReport>,
 }
 
-fn show(arg: &str, json: bool, recording: RecordingArgs) -> Result<(), String> {
-    let (path, s) = load_scenario(arg)?;
+fn show(arg: &str, json: bool, recording: RecordingArgs, topology: &horizon_core::topology::Topology) -> Result<(), String> {
+    let (path, s) = load_scenario(arg, topology)?;
     let mut per_symbol: BTreeMap<String, SymbolCount> = BTreeMap::new();
     let report = if s.market.recording.is_some() {
         let (_, report) = sim_cmd::with_feed(&s, s.seed, recording, |events| {
@@ -275,8 +275,15 @@ fn count(per_symbol: &mut BTreeMap<String, SymbolCount>, e: &horizon_core::event
 
 /// The bars the pipeline built for one symbol and interval, with the EMAs of their closes as
 /// the signals service computes them (`signals::Ema`), as CSV on stdout.
-fn bars(arg: &str, interval: Option<String>, symbol: Option<String>, ema: Option<String>, recording: RecordingArgs) -> Result<(), String> {
-    let (_, s) = load_scenario(arg)?;
+fn bars(
+    arg: &str,
+    interval: Option<String>,
+    symbol: Option<String>,
+    ema: Option<String>,
+    recording: RecordingArgs,
+    topology: &horizon_core::topology::Topology,
+) -> Result<(), String> {
+    let (_, s) = load_scenario(arg, topology)?;
     let interval_ms = match &interval {
         Some(i) => parse_duration_ms(i).ok_or_else(|| format!("--interval: `{i}` is not a duration like 1m"))?,
         None => s.signal_interval_ms(),

@@ -2,8 +2,9 @@
 
 use horizon_core::event::EventType;
 use horizon_core::generator::MarketGenerator;
-use horizon_core::pipeline::{MemoryRun, RunSummary};
+use horizon_core::pipeline::{MemoryRun, Pipeline, RunSummary};
 use horizon_core::scenario::Scenario;
+use horizon_core::topology::Topology;
 use horizon_core::{feed, Fixed};
 use horizon_runtime::recorded;
 use std::path::{Path, PathBuf};
@@ -38,27 +39,16 @@ pub struct RecordingArgs {
     pub allow_empty: bool,
 }
 
-/// Finds a scenario by path, or by name in `scenarios/`.
+/// Finds a scenario by path, or by name in `scenarios/` (`horizon_runtime::cli`'s lookup).
 pub fn resolve_scenario(arg: &str) -> Result<PathBuf, String> {
-    let direct = PathBuf::from(arg);
-    if direct.is_file() {
-        return Ok(direct);
-    }
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios").join(format!("{arg}.toml"));
-    if shipped.is_file() {
-        return Ok(shipped);
-    }
-    let local = Path::new("scenarios").join(format!("{arg}.toml"));
-    if local.is_file() {
-        return Ok(local);
-    }
-    Err(format!("{arg}: no such scenario file, and no shipped scenario of that name"))
+    horizon_runtime::cli::resolve_scenario(arg)
 }
 
-pub fn load_scenario(arg: &str) -> Result<(PathBuf, Scenario), String> {
+/// A scenario file (by path or shipped name) read with `topology`'s strategies (a user's
+/// binary knows its own).
+pub fn load_scenario(arg: &str, topology: &Topology) -> Result<(PathBuf, Scenario), String> {
     let path = resolve_scenario(arg)?;
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let scenario = Scenario::from_toml(&text, &path.display().to_string()).map_err(|e| e.to_string())?;
+    let scenario = horizon_runtime::cli::load_scenario(&path.display().to_string(), topology.registry())?;
     Ok((path, scenario))
 }
 
@@ -114,11 +104,16 @@ pub fn with_feed<R>(
     Ok((out, Some(feed.report().clone())))
 }
 
-pub fn run(args: SimArgs) -> Result<(), String> {
-    let (_path, scenario) = load_scenario(&args.scenario)?;
+pub fn run(args: SimArgs, topology: &Topology) -> Result<(), String> {
+    let (_path, scenario) = load_scenario(&args.scenario, topology)?;
     let seed = args.seed.unwrap_or(scenario.seed);
+    let pipeline = Pipeline::from_topology(topology, &scenario).map_err(|e| e.to_string())?;
     let started = Instant::now();
-    let (run, report) = with_feed(&scenario, seed, args.recording, |events| MemoryRun::run(&scenario, events, 8192))?;
+    let (run, report) = with_feed(&scenario, seed, args.recording, |events| {
+        let mut run = MemoryRun::with_pipeline(pipeline);
+        run.try_feed_all(events, 8192).map(|()| run)
+    })?;
+    let run = run?;
     let wall = started.elapsed();
     let summary = run.summary(&scenario, seed);
     if let Some(dir) = &args.out {
@@ -131,6 +126,7 @@ pub fn run(args: SimArgs) -> Result<(), String> {
         if let Some(r) = &report {
             v["recording"] = serde_json::to_value(r).map_err(|e| e.to_string())?;
         }
+        v["read_digests"] = serde_json::to_value(run.pipeline.read_digests()).map_err(|e| e.to_string())?;
         println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
     } else {
         if let Some(r) = &report {
@@ -141,6 +137,21 @@ pub fn run(args: SimArgs) -> Result<(), String> {
             println!();
         }
         print_summary(&summary, wall);
+        // A user's read models (the topology's replicas besides the shipped projections).
+        let others: Vec<(String, String)> = run
+            .pipeline
+            .read_digests()
+            .parts
+            .into_iter()
+            .filter(|(p, _)| !p.starts_with(&format!("{}.", horizon_core::projections::NAME)))
+            .collect();
+        if !others.is_empty() {
+            println!();
+            println!("read-model digests of topology `{}`", topology.name);
+            for (part, d) in others {
+                println!("  {part:<28} {d}");
+            }
+        }
     }
     Ok(())
 }

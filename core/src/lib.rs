@@ -36,5 +36,6 @@ pub mod signals;
 pub mod snapshot;
 pub mod strategy;
 pub mod topics;
+pub mod topology;
 pub mod upcast;
 pub mod wire;

@@ -22,6 +22,8 @@ use crate::time::Timestamp;
 use crate::topics;
 use std::collections::BTreeMap;
 
+/// What the stage reads.
+pub const INPUTS: &[crate::bus::Topic] = &[topics::SIGNALS];
 pub const NAME: &str = "portfolio";
 pub const NOTIFY: &str = "notify";
 
@@ -186,7 +188,7 @@ impl Service for PortfolioManager {
     }
 
     fn inputs(&self) -> &'static [crate::bus::Topic] {
-        &[topics::SIGNALS]
+        INPUTS
     }
 
     fn handle(&self, state: &mut ManagerState, event: &Event, out: &mut Vec<Output>) -> Result<(), Rejection> {

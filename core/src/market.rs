@@ -15,6 +15,8 @@ use crate::time::Timestamp;
 use crate::topics;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+/// What the stage reads.
+pub const INPUTS: &[crate::bus::Topic] = &[topics::MARKET_FEED];
 pub const NAME: &str = "market";
 
 #[derive(Clone, Debug)]
@@ -305,7 +307,7 @@ impl Service for MarketService {
     }
 
     fn inputs(&self) -> &'static [crate::bus::Topic] {
-        &[topics::MARKET_FEED]
+        INPUTS
     }
 
     fn handle(&self, state: &mut MarketState, event: &Event, out: &mut Vec<Output>) -> Result<(), Rejection> {

@@ -46,12 +46,14 @@ impl Default for Broker {
 }
 
 impl Broker {
-    /// A broker with every documented topic created.
+    /// A broker with every shipped topic created.
     pub fn new() -> Broker {
-        let logs = topics::ALL
-            .iter()
-            .map(|t| (t.name, vec![Vec::new(); t.partitions as usize]))
-            .collect();
+        Broker::with_topics(&topics::ALL)
+    }
+
+    /// A broker with these topics created (a topology's: `Topology::topics`).
+    pub fn with_topics(specs: &[crate::topology::TopicSpec]) -> Broker {
+        let logs = specs.iter().map(|t| (t.name, vec![Vec::new(); t.partitions as usize])).collect();
         Broker {
             logs,
             groups: BTreeMap::new(),
@@ -273,6 +275,13 @@ pub struct MemoryBus {
 impl MemoryBus {
     pub fn new() -> MemoryBus {
         MemoryBus::default()
+    }
+
+    /// A bus with these topics (a topology's).
+    pub fn with_topics(specs: &[crate::topology::TopicSpec]) -> MemoryBus {
+        MemoryBus {
+            broker: Rc::new(RefCell::new(Broker::with_topics(specs))),
+        }
     }
 
     pub fn broker(&self) -> std::cell::Ref<'_, Broker> {

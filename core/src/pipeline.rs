@@ -1,24 +1,28 @@
-//! The services of a deployment, wired from a scenario, and the fault-free in-memory run.
+//! A topology's stages built for a scenario, and the fault-free in-memory run.
 //!
-//! `Pipeline` holds one processing loop per service. `Stage` lets a driver (this module's
-//! in-memory run, the simulator, the Kafka service process) step any of them through the same
-//! loop without knowing which service it is.
+//! `Pipeline` holds one processing loop per stage of a `Topology`, in flow order. `Stage` lets a
+//! driver (this module's in-memory run, the simulator, the Kafka service process) step any of
+//! them through the same loop without knowing which service it is; `ReadReplica` is what a read
+//! replica shows of its read models.
 
 use crate::bus::{partition_for, BusError, Consumer, Producer, Topic};
 use crate::event::{Event, EventType};
-use crate::manager::{ManagerConfig, PortfolioManager};
-use crate::market::{MarketConfig, MarketService};
+use crate::manager::PortfolioManager;
+use crate::market::MarketService;
 use crate::memory::MemoryBus;
 use crate::processor::{Processor, Stats, StepOutcome, Unsettled};
 use crate::projections::{Digests, ProjectionService, Projections, Views};
 use crate::scenario::{Scenario, ScenarioError};
-use crate::service::Service;
-use crate::signals::{SignalConfig, SignalService};
+use crate::service::{ReadModel, Service, Tally};
+use crate::signals::SignalService;
 use crate::strategy::StrategyRegistry;
 use crate::topics;
+use crate::topology::Topology;
+use std::any::Any;
 
-/// A processing loop whose service is hidden: what a driver needs.
-pub trait Stage {
+/// A processing loop whose service is hidden: what a driver needs. `Send`: the Kafka service
+/// process runs each stage on a thread of its own.
+pub trait Stage: Send {
     fn name(&self) -> &'static str;
     fn inputs(&self) -> &'static [Topic];
     fn step(&mut self, consumer: &mut dyn Consumer, producer: &mut dyn Producer, max_records: usize) -> Result<StepOutcome, BusError>;
@@ -37,9 +41,21 @@ pub trait Stage {
     fn unsettled(&self) -> Unsettled {
         Unsettled::default()
     }
+    /// The processing loop itself, for typed access (`Pipeline::processor`); a wrapper forwards
+    /// its inner stage's.
+    fn as_any(&self) -> Option<&dyn Any> {
+        None
+    }
+    fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
+        None
+    }
+    /// What a read replica shows of its read models; `None` for a working stage.
+    fn read_replica(&self) -> Option<&dyn ReadReplica> {
+        None
+    }
 }
 
-impl<S: Service> Stage for Processor<S> {
+impl<S: Service + 'static> Stage for Processor<S> {
     fn name(&self) -> &'static str {
         self.service().name()
     }
@@ -64,62 +80,272 @@ impl<S: Service> Stage for Processor<S> {
     fn unsettled(&self) -> Unsettled {
         Processor::unsettled(self)
     }
+    fn as_any(&self) -> Option<&dyn Any> {
+        Some(self)
+    }
+    fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
+        Some(self)
+    }
 }
 
-/// The service names accepted by `--services`.
-pub const SERVICES: [&str; 4] = [
-    crate::market::NAME,
-    crate::signals::NAME,
-    crate::manager::NAME,
-    crate::projections::NAME,
-];
+/// A read replica's read models, as the simulator's invariants see them: digests to compare
+/// across replicas, the reference run and a rebuild; what it applied, to compare with the log.
+pub trait ReadReplica {
+    /// Digests by part, over every task (one task: its digests; none: an empty state's).
+    fn read_digests(&self) -> Vec<(&'static str, String)>;
+    /// Whether any task applied the event with this id.
+    fn has_applied(&self, event_id: &str) -> bool;
+    /// Every task's tallies.
+    fn tallies(&self) -> Vec<Tally>;
+    /// Whether it holds any task yet.
+    fn holds_state(&self) -> bool;
+    /// Whether another replica of the same read model holds equal state (its digests are then
+    /// equal too, and need not be computed again).
+    fn same_state(&self, other: &dyn ReadReplica) -> bool;
+    fn as_any(&self) -> &dyn Any;
+}
 
+/// A processing loop of a read model: a `Stage` that is also a `ReadReplica`.
+pub struct Replica<S: ReadModel>(pub Processor<S>);
+
+impl<S: ReadModel + 'static> Stage for Replica<S> {
+    fn name(&self) -> &'static str {
+        self.0.service().name()
+    }
+    fn inputs(&self) -> &'static [Topic] {
+        self.0.service().inputs()
+    }
+    fn step(&mut self, consumer: &mut dyn Consumer, producer: &mut dyn Producer, max_records: usize) -> Result<StepOutcome, BusError> {
+        self.0.step(consumer, producer, max_records)
+    }
+    fn crash(&mut self) {
+        self.0.crash()
+    }
+    fn snapshot(&self) -> Vec<(u32, Vec<u8>)> {
+        self.0.snapshot()
+    }
+    fn offer_snapshot(&mut self, bytes: &[u8]) -> Result<u32, String> {
+        self.0.offer_snapshot(bytes)
+    }
+    fn stats(&self) -> &Stats {
+        &self.0.stats
+    }
+    fn unsettled(&self) -> Unsettled {
+        self.0.unsettled()
+    }
+    fn as_any(&self) -> Option<&dyn Any> {
+        Some(&self.0)
+    }
+    fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
+        Some(&mut self.0)
+    }
+    fn read_replica(&self) -> Option<&dyn ReadReplica> {
+        Some(self)
+    }
+}
+
+impl<S: ReadModel + 'static> ReadReplica for Replica<S> {
+    fn read_digests(&self) -> Vec<(&'static str, String)> {
+        let service = self.0.service();
+        let tasks: Vec<Vec<(&'static str, String)>> = self.0.states().map(|(_, st)| service.digests(st)).collect();
+        match tasks.len() {
+            0 => service.digests(&S::State::default()),
+            1 => tasks.into_iter().next().expect("one"),
+            _ => {
+                // Part by part, over the tasks in task order.
+                let mut parts: Vec<(&'static str, blake3::Hasher)> = Vec::new();
+                for task in &tasks {
+                    for (part, d) in task {
+                        match parts.iter_mut().find(|(p, _)| p == part) {
+                            Some((_, h)) => {
+                                h.update(d.as_bytes());
+                            }
+                            None => {
+                                let mut h = blake3::Hasher::new();
+                                h.update(d.as_bytes());
+                                parts.push((part, h));
+                            }
+                        }
+                    }
+                }
+                parts.into_iter().map(|(p, h)| (p, h.finalize().to_hex().to_string())).collect()
+            }
+        }
+    }
+    fn has_applied(&self, event_id: &str) -> bool {
+        self.0.states().any(|(_, st)| self.0.service().applied(st, event_id))
+    }
+    fn tallies(&self) -> Vec<Tally> {
+        self.0.states().flat_map(|(_, st)| self.0.service().tallies(st)).collect()
+    }
+    fn holds_state(&self) -> bool {
+        self.0.states().next().is_some()
+    }
+    fn same_state(&self, other: &dyn ReadReplica) -> bool {
+        other.as_any().downcast_ref::<Processor<S>>().is_some_and(|o| {
+            let service = self.0.service();
+            let (mut a, mut b) = (self.0.states(), o.states());
+            loop {
+                match (a.next(), b.next()) {
+                    (None, None) => return true,
+                    (Some((i, x)), Some((j, y))) if i == j && service.same_state(x, y) => {}
+                    _ => return false,
+                }
+            }
+        })
+    }
+    fn as_any(&self) -> &dyn Any {
+        &self.0
+    }
+}
+
+/// The services accepted by `horizon run --services`, of the shipped topology.
+pub fn service_names(topology: &Topology) -> Vec<&'static str> {
+    topology.stages().iter().map(|s| s.name).collect()
+}
+
+/// Every read replica's digests, by "stage.part", and one digest over all of them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ReadDigests {
+    pub parts: Vec<(String, String)>,
+    pub all: String,
+}
+
+impl ReadDigests {
+    /// The digests of the read replicas among `stages`.
+    pub fn of<'a>(stages: impl IntoIterator<Item = &'a dyn Stage>) -> ReadDigests {
+        let mut parts = Vec::new();
+        for st in stages {
+            if let Some(r) = st.read_replica() {
+                parts.extend(r.read_digests().into_iter().map(|(p, d)| (format!("{}.{p}", st.name()), d)));
+            }
+        }
+        ReadDigests::from_parts(parts)
+    }
+
+    pub fn from_parts(parts: Vec<(String, String)>) -> ReadDigests {
+        let mut h = blake3::Hasher::new();
+        for (p, d) in &parts {
+            h.update(p.as_bytes());
+            h.update(b"=");
+            h.update(d.as_bytes());
+            h.update(b"\n");
+        }
+        ReadDigests {
+            all: h.finalize().to_hex().to_string(),
+            parts,
+        }
+    }
+
+    /// The parts whose digests differ (every part of either side that the other lacks too).
+    pub fn differing(&self, other: &ReadDigests) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        for (p, d) in &self.parts {
+            if other.parts.iter().find(|(q, _)| q == p).map(|(_, e)| e) != Some(d) {
+                v.push(p.clone());
+            }
+        }
+        for (q, _) in &other.parts {
+            if !self.parts.iter().any(|(p, _)| p == q) {
+                v.push(q.clone());
+            }
+        }
+        v
+    }
+}
+
+/// A topology's stages built for one scenario, in flow order.
 pub struct Pipeline {
-    pub market: Processor<MarketService>,
-    pub signals: Processor<SignalService>,
-    pub manager: Processor<PortfolioManager>,
-    pub projections: Processor<ProjectionService>,
+    topology: Topology,
+    stages: Vec<Box<dyn Stage>>,
 }
 
 impl Pipeline {
-    /// The scenario's services with the shipped strategies. Panics if the scenario names
-    /// another (`Scenario::from_toml` has refused such a file already); see `with_registry`.
+    /// The shipped topology for the scenario. Panics if the scenario names a strategy the
+    /// shipped registry lacks (`Scenario::from_toml` has refused such a file already); see
+    /// `with_registry` and `from_topology`.
     pub fn new(s: &Scenario) -> Pipeline {
-        Pipeline::with_registry(s, &StrategyRegistry::shipped()).unwrap_or_else(|e| panic!("{e}"))
+        Pipeline::from_topology(&Topology::shipped(), s).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// The scenario's services, its strategies looked up in `registry` (the shipped ones and a
-    /// user's: `StrategyRegistry::register`).
+    /// The shipped topology, its strategies looked up in `registry`.
     pub fn with_registry(s: &Scenario, registry: &StrategyRegistry) -> Result<Pipeline, ScenarioError> {
+        Pipeline::from_topology(&Topology::shipped_with(registry.clone()), s)
+    }
+
+    /// Any topology's stages for the scenario.
+    pub fn from_topology(topology: &Topology, s: &Scenario) -> Result<Pipeline, ScenarioError> {
         Ok(Pipeline {
-            market: Processor::new(MarketService::new(MarketConfig::from_scenario(s))),
-            signals: Processor::new(SignalService::new(SignalConfig::with_registry(s, registry)?)),
-            manager: Processor::new(PortfolioManager::new(ManagerConfig::from_scenario(s))),
-            projections: Processor::new(ProjectionService::from_scenario(s)),
+            stages: topology.build(s)?,
+            topology: topology.clone(),
         })
     }
 
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
     /// The stages in flow order.
-    pub fn stages(&mut self) -> [&mut dyn Stage; 4] {
-        [&mut self.market, &mut self.signals, &mut self.manager, &mut self.projections]
+    pub fn stages(&mut self) -> Vec<&mut dyn Stage> {
+        self.stages.iter_mut().map(|s| s.as_mut() as &mut dyn Stage).collect()
     }
 
     /// The stages in flow order, read-only.
-    pub fn stages_ref(&self) -> [&dyn Stage; 4] {
-        [&self.market, &self.signals, &self.manager, &self.projections]
+    pub fn stages_ref(&self) -> Vec<&dyn Stage> {
+        self.stages.iter().map(|s| s.as_ref()).collect()
+    }
+
+    /// Takes the stages out, in flow order (a driver that runs each on a thread of its own).
+    pub fn into_stages(self) -> Vec<Box<dyn Stage>> {
+        self.stages
+    }
+
+    pub fn stage(&self, name: &str) -> Option<&dyn Stage> {
+        self.stages.iter().find(|s| s.name() == name).map(|s| s.as_ref())
+    }
+
+    pub fn stage_mut(&mut self, name: &str) -> Option<&mut dyn Stage> {
+        self.stages
+            .iter_mut()
+            .find(|s| s.name() == name)
+            .map(|s| s.as_mut() as &mut dyn Stage)
+    }
+
+    /// The first stage whose processing loop runs service `S`.
+    pub fn processor<S: Service + 'static>(&self) -> Option<&Processor<S>> {
+        self.stages.iter().find_map(|s| s.as_any()?.downcast_ref::<Processor<S>>())
+    }
+
+    pub fn processor_mut<S: Service + 'static>(&mut self) -> Option<&mut Processor<S>> {
+        self.stages.iter_mut().find_map(|s| s.as_any_mut()?.downcast_mut::<Processor<S>>())
+    }
+
+    /// The shipped projections' processor, if the topology has it.
+    pub fn projection_processor(&self) -> Option<&Processor<ProjectionService>> {
+        self.processor::<ProjectionService>()
     }
 
     /// The projection state (task 0 holds every partition).
     pub fn projections(&self) -> Option<&Projections> {
-        projection_state(&self.projections)
+        self.projection_processor().and_then(projection_state)
     }
 
+    /// The shipped projections' views (empty ones if the topology has no such replica).
     pub fn views(&self) -> Views {
-        projection_views(&self.projections)
+        match self.projection_processor() {
+            Some(p) => projection_views(p),
+            None => Views::default(),
+        }
     }
 
+    /// The shipped projections' digests; panics if the topology has no such replica.
     pub fn digests(&self) -> Digests {
-        projection_digests(&self.projections)
+        projection_digests(self.projection_processor().expect("the topology has the shipped projections"))
+    }
+
+    /// Every read replica's digests.
+    pub fn read_digests(&self) -> ReadDigests {
+        ReadDigests::of(self.stages_ref())
     }
 }
 
@@ -185,7 +411,7 @@ impl MemoryRun {
 
     /// A run of a pipeline built by the caller (`Pipeline::with_registry`).
     pub fn with_pipeline(mut pipeline: Pipeline) -> MemoryRun {
-        let bus = MemoryBus::new();
+        let bus = MemoryBus::with_topics(pipeline.topology().topics());
         let consumers = pipeline
             .stages()
             .iter()
@@ -208,23 +434,26 @@ impl MemoryRun {
 
     /// Steps every stage until none has anything left to do.
     pub fn settle(&mut self) {
+        self.try_settle().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `settle`, an error from a stage's loop returned (a stage that publishes to a topic it
+    /// does not declare, say) naming the stage.
+    pub fn try_settle(&mut self) -> Result<(), String> {
         loop {
             let mut progress = false;
             let stages = self.pipeline.stages();
             for (stage, consumer) in stages.into_iter().zip(self.consumers.iter_mut()) {
                 loop {
-                    match stage
-                        .step(consumer, &mut self.producer, 4096)
-                        .expect("the in-memory bus does not fail")
-                    {
-                        StepOutcome::Idle => break,
-                        StepOutcome::Progress(_) => progress = true,
-                        StepOutcome::Retry(e) => unreachable!("in-memory bus refused: {e}"),
+                    match stage.step(consumer, &mut self.producer, 4096) {
+                        Ok(StepOutcome::Idle) => break,
+                        Ok(StepOutcome::Progress(_)) => progress = true,
+                        Ok(StepOutcome::Retry(e)) | Err(e) => return Err(format!("stage `{}`: {e}", stage.name())),
                     }
                 }
             }
             if !progress {
-                break;
+                return Ok(());
             }
         }
     }
@@ -238,17 +467,22 @@ impl MemoryRun {
 
     /// Feeds `chunk` events at a time, settling after each, then the rest.
     pub fn feed_all<I: IntoIterator<Item = Event>>(&mut self, feed: I, chunk: usize) {
+        self.try_feed_all(feed, chunk).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `feed_all`, a stage's error returned (see `try_settle`).
+    pub fn try_feed_all<I: IntoIterator<Item = Event>>(&mut self, feed: I, chunk: usize) -> Result<(), String> {
         let mut buf = Vec::with_capacity(chunk);
         for e in feed {
             buf.push(e);
             if buf.len() == chunk {
                 self.feed(&buf);
                 buf.clear();
-                self.settle();
+                self.try_settle()?;
             }
         }
         self.feed(&buf);
-        self.settle();
+        self.try_settle()
     }
 
     pub fn summary(&self, s: &Scenario, seed: u64) -> RunSummary {
@@ -262,23 +496,19 @@ pub fn summarize(s: &Scenario, seed: u64, feed_events: u64, p: &Pipeline) -> Run
     let views = p.views();
     let risk = views.risk.get(&s.portfolio.id);
     let (mut rate_limited, mut duplicates) = (0, 0);
-    for (_, st) in p.manager.states() {
+    for (_, st) in p.processor::<PortfolioManager>().into_iter().flat_map(|m| m.states()) {
         for d in st.desks.values() {
             rate_limited += d.notifier.counters.rate_limited;
             duplicates += d.duplicates_dropped;
         }
     }
-    for (_, st) in p.market.states() {
+    for (_, st) in p.processor::<MarketService>().into_iter().flat_map(|m| m.states()) {
         duplicates += st.counters.duplicates_dropped;
     }
-    for (_, st) in p.signals.states() {
+    for (_, st) in p.processor::<SignalService>().into_iter().flat_map(|m| m.states()) {
         duplicates += st.duplicates_dropped;
     }
-    let mut stats = std::collections::BTreeMap::new();
-    stats.insert(p.market.service().name(), p.market.stats.clone());
-    stats.insert(p.signals.service().name(), p.signals.stats.clone());
-    stats.insert(p.manager.service().name(), p.manager.stats.clone());
-    stats.insert(p.projections.service().name(), p.projections.stats.clone());
+    let stats: std::collections::BTreeMap<&'static str, Stats> = p.stages_ref().iter().map(|st| (st.name(), st.stats().clone())).collect();
     RunSummary {
         scenario: s.name.clone(),
         seed,
@@ -294,10 +524,7 @@ pub fn summarize(s: &Scenario, seed: u64, feed_events: u64, p: &Pipeline) -> Run
         risk_cleared: risk.map(|r| r.cleared).unwrap_or(0),
         notifications: proj.notifications.values().map(|n| n.len() as u64).sum(),
         notifications_rate_limited: rate_limited,
-        dead_letters: [&p.market.stats, &p.signals.stats, &p.manager.stats, &p.projections.stats]
-            .iter()
-            .map(|s| s.dead_letters)
-            .sum(),
+        dead_letters: stats.values().map(|s| s.dead_letters).sum(),
         duplicates_dropped: duplicates,
         portfolio: views.portfolios.get(&s.portfolio.id).cloned(),
         digests: p.digests(),
@@ -332,19 +559,66 @@ mod tests {
     }
 
     #[test]
-    fn every_topic_has_one_owner_that_consumes_it_and_the_replica_dead_letters_only_there() {
-        // The stage a topic names as its owner consumes it, and it is the first stage in flow
-        // order that does; the read replica owns only what no other stage reads.
-        let mut p = Pipeline::new(&scenario());
-        let stages: Vec<(&'static str, &'static [Topic])> = p.stages().iter().map(|s| (s.name(), s.inputs())).collect();
-        for spec in crate::topics::ALL.iter().filter(|t| t.name != crate::topics::DEADLETTER) {
-            let first = stages.iter().find(|(_, inputs)| inputs.contains(&spec.name)).map(|(n, _)| *n);
-            assert_eq!(first, Some(spec.owner), "{}", spec.name);
+    fn every_topic_is_owned_by_the_first_stage_that_consumes_it_and_produced_where_the_stages_say() {
+        let t = Topology::shipped();
+        t.validate().unwrap();
+        let owners: Vec<(&str, Option<&str>, Vec<&str>)> =
+            t.topics().iter().map(|s| (s.name, t.owner(s.name), t.producers(s.name))).collect();
+        assert_eq!(
+            owners,
+            [
+                (topics::MARKET_FEED, Some("market"), vec![]),
+                (topics::BARS, Some("signals"), vec!["market"]),
+                (topics::SIGNALS, Some("portfolio"), vec!["signals"]),
+                (topics::RISK, Some("projections"), vec!["portfolio"]),
+                (topics::PORTFOLIO, Some("projections"), vec!["portfolio"]),
+                (topics::NOTIFICATIONS, Some("projections"), vec!["portfolio"]),
+                (topics::DEADLETTER, None, vec![]),
+            ]
+        );
+        assert_eq!(t.sources(), [topics::MARKET_FEED]);
+        let replicas: Vec<&str> = t.stages().iter().filter(|s| s.replica).map(|s| s.name).collect();
+        assert_eq!(replicas, ["projections"]);
+    }
+
+    #[test]
+    fn the_projections_replica_dead_letters_only_the_topics_it_owns() {
+        // Given a record that does not decode on a topic the market owns and one on a topic the
+        // projections own, read by the shipped projections stage alone
+        let t = Topology::shipped();
+        let mut replica = t.build_stage(t.stage_spec("projections").unwrap(), &scenario()).unwrap();
+        let bus = MemoryBus::new();
+        let mut producer = bus.producer();
+        producer.send(topics::MARKET_FEED, 0, b"k", b"not protobuf").unwrap();
+        producer.send(topics::RISK, 0, b"k", b"not protobuf").unwrap();
+        let mut consumer = bus.consumer("projections", "a", replica.inputs());
+        while replica.step(&mut consumer, &mut producer, 100).unwrap() != StepOutcome::Idle {}
+        // Then it dead-letters the risk record only, and counts the other
+        assert_eq!(replica.stats().dead_letters, 1);
+        assert_eq!(replica.stats().undecodable_skipped, 1);
+    }
+
+    #[test]
+    fn a_topology_that_uses_an_undeclared_topic_or_has_no_replica_is_refused_naming_it() {
+        let no_topic = Topology::shipped().stage(crate::topology::StageSpec::service("echo", &["nowhere"], &[], |s| {
+            Ok(MarketService::new(crate::market::MarketConfig::from_scenario(s)))
+        }));
+        let e = no_topic.validate().unwrap_err().to_string();
+        assert!(e.contains("`echo`") && e.contains("`nowhere`"), "{e}");
+        let mut only_market = Topology::empty("bare");
+        for spec in Topology::shipped().topics() {
+            only_market = only_market.topic(*spec);
         }
-        use crate::service::Service;
-        let replica = p.projections.service();
-        let owned: Vec<&str> = replica.inputs().iter().copied().filter(|t| replica.dead_letters(t)).collect();
-        assert_eq!(owned, [crate::topics::RISK, crate::topics::PORTFOLIO, crate::topics::NOTIFICATIONS]);
+        let only_market = only_market.stage(Topology::shipped().stage_spec("market").unwrap().clone());
+        assert!(only_market.validate().unwrap_err().to_string().contains("no read replica"));
+        // and a stage whose service is not what it declares is refused when it is built
+        let liar = Topology::shipped().map_stage("signals", |_| {
+            crate::topology::StageSpec::service("signals", crate::signals::INPUTS, &[topics::SIGNALS], |s| {
+                Ok(MarketService::new(crate::market::MarketConfig::from_scenario(s)))
+            })
+        });
+        let e = Pipeline::from_topology(&liar, &scenario()).err().unwrap().to_string();
+        assert!(e.contains("built a service `market`"), "{e}");
     }
 
     #[test]
@@ -420,7 +694,7 @@ mod tests {
         run.feed(&events);
         run.settle();
         // A snapshot as the previous version (3, before the audit trail's columns) labelled it:
-        let bytes = run.pipeline.projections.snapshot().remove(0).1;
+        let bytes = run.pipeline.stage("projections").unwrap().snapshot().remove(0).1;
         let header_end = bytes.iter().position(|b| *b == b'\n').unwrap();
         let mut v: serde_json::Value = serde_json::from_slice(&bytes[..header_end]).unwrap();
         assert_eq!(v["version"], serde_json::json!(crate::snapshot::SNAPSHOT_VERSION));
@@ -428,15 +702,15 @@ mod tests {
         let mut old = serde_json::to_vec(&v).unwrap();
         old.extend_from_slice(&bytes[header_end..]);
         // refused, not misread,
-        let err = run.pipeline.projections.offer_snapshot(&old).unwrap_err();
+        let err = run.pipeline.stage_mut("projections").unwrap().offer_snapshot(&old).unwrap_err();
         assert!(err.contains("version 3"), "{err}");
         // and the stage, recovering without it, rebuilds the same state from the log.
         crash_and_recover(&mut run, &vec![Vec::new(); 4]);
         run.settle();
-        assert_eq!(run.pipeline.projections.stats.snapshots_used, 0);
-        assert!(run.pipeline.projections.stats.restored_records > 0);
+        assert_eq!(run.pipeline.stage("projections").unwrap().stats().snapshots_used, 0);
+        assert!(run.pipeline.stage("projections").unwrap().stats().restored_records > 0);
         assert_eq!(run.pipeline.digests(), reference);
-        assert_eq!(run.pipeline.projections.snapshot().remove(0).1, bytes);
+        assert_eq!(run.pipeline.stage("projections").unwrap().snapshot().remove(0).1, bytes);
     }
 
     #[test]
@@ -447,8 +721,13 @@ mod tests {
             MarketGenerator::new(&s, s.seed).unwrap().take(2000).map(crate::feed::trade_event),
             500,
         );
-        let market_snap = run.pipeline.market.snapshot();
-        let err = run.pipeline.signals.offer_snapshot(&market_snap[0].1).unwrap_err();
+        let market_snap = run.pipeline.stage("market").unwrap().snapshot();
+        let err = run
+            .pipeline
+            .stage_mut("signals")
+            .unwrap()
+            .offer_snapshot(&market_snap[0].1)
+            .unwrap_err();
         assert!(err.contains("`market`"), "{err}");
         let bytes = &market_snap[0].1;
         let header_end = bytes.iter().position(|b| *b == b'\n').unwrap();
@@ -456,7 +735,7 @@ mod tests {
         v["version"] = serde_json::json!(99);
         let mut forged = serde_json::to_vec(&v).unwrap();
         forged.extend_from_slice(&bytes[header_end..]);
-        let err = run.pipeline.market.offer_snapshot(&forged).unwrap_err();
+        let err = run.pipeline.stage_mut("market").unwrap().offer_snapshot(&forged).unwrap_err();
         assert!(err.contains("99"), "{err}");
     }
 }

@@ -131,12 +131,60 @@ pub struct Processor<S: Service> {
     pending: Vec<PendingRecord>,
     to_commit: BTreeMap<TopicPartition, u64>,
     outputs: Vec<Output>,
+    routes: Routes,
+    /// An output to a topic the stage does not declare: the loop stops with this error.
+    undeclared: Option<String>,
     pub stats: Stats,
 }
 
+/// Where a processor's outputs go (each declared output topic and its partition count) and the
+/// input topics it owns: it dead-letters a record that does not decode there, and only counts
+/// one elsewhere (another stage owns that topic). From its stage's place in a `Topology`.
+#[derive(Clone, Debug)]
+pub struct Routes {
+    outputs: Vec<(Topic, u32)>,
+    owned: Vec<Topic>,
+}
+
+impl Routes {
+    pub fn new(outputs: Vec<(Topic, u32)>, owned: Vec<Topic>) -> Routes {
+        Routes { outputs, owned }
+    }
+
+    /// The shipped topics as outputs, every input owned: a processor outside a topology.
+    pub fn standalone(inputs: &[Topic]) -> Routes {
+        Routes {
+            outputs: topics::ALL.iter().map(|t| (t.name, t.partitions)).collect(),
+            owned: inputs.to_vec(),
+        }
+    }
+
+    pub fn partitions(&self, topic: &str) -> Option<u32> {
+        self.outputs.iter().find(|(t, _)| *t == topic).map(|(_, n)| *n)
+    }
+
+    pub fn owns(&self, topic: &str) -> bool {
+        self.owned.contains(&topic)
+    }
+
+    fn names(&self) -> String {
+        self.outputs.iter().map(|(t, _)| *t).collect::<Vec<_>>().join(", ")
+    }
+}
+
 impl<S: Service> Processor<S> {
+    /// A processor outside any topology (tests, tools): it may publish to any shipped topic and
+    /// dead-letters every input that does not decode.
     pub fn new(service: S) -> Self {
+        let routes = Routes::standalone(service.inputs());
+        Processor::with_routes(service, routes)
+    }
+
+    /// A processor as its topology places it (`Topology::build_stage`).
+    pub fn with_routes(service: S, routes: Routes) -> Self {
         Processor {
+            routes,
+            undeclared: None,
             service,
             tasks: BTreeMap::new(),
             offered: BTreeMap::new(),
@@ -197,6 +245,9 @@ impl<S: Service> Processor<S> {
                 for r in &records {
                     self.process(r);
                 }
+                if let Some(e) = self.undeclared.take() {
+                    return Err(BusError::Fatal(e));
+                }
                 if let Err(e) = self.settle(consumer, producer) {
                     return retry_or_fail(e);
                 }
@@ -247,7 +298,13 @@ impl<S: Service> Processor<S> {
             .ok_or_else(|| format!("`{}` cannot read this snapshot's state", snap.service))?;
         let mut base = BTreeMap::new();
         for (topic, partition, offset) in snap.offsets {
-            let topic = crate::topics::by_name(&topic).ok_or_else(|| format!("the snapshot covers an unknown topic `{topic}`"))?;
+            let topic = self
+                .service
+                .inputs()
+                .iter()
+                .copied()
+                .find(|t| *t == topic)
+                .ok_or_else(|| format!("the snapshot covers `{topic}`, which `{}` does not read", self.service.name()))?;
             base.insert(TopicPartition { topic, partition }, offset);
         }
         self.stats.snapshots_used += 1;
@@ -290,7 +347,7 @@ impl<S: Service> Processor<S> {
         self.to_commit.insert(tp, r.offset + 1);
         let event = match Event::decode(&r.value) {
             Ok(e) => e,
-            Err(e) if self.service.dead_letters(r.topic) => {
+            Err(e) if self.routes.owns(r.topic) => {
                 self.dead_letter(Source::of(r), "", &e.to_string(), &r.value, None);
                 return;
             }
@@ -304,7 +361,18 @@ impl<S: Service> Processor<S> {
         match self.service.handle(&mut task.state, &event, &mut self.outputs) {
             Ok(()) => {
                 for o in self.outputs.drain(..) {
-                    let partition = partition_for(o.key.as_bytes(), topics::partitions(o.topic));
+                    let Some(partitions) = self.routes.partitions(o.topic) else {
+                        self.undeclared.get_or_insert_with(|| {
+                            format!(
+                                "`{}` published to `{}`, which its stage does not declare as an output (declared: {})",
+                                self.service.name(),
+                                o.topic,
+                                self.routes.names()
+                            )
+                        });
+                        continue;
+                    };
+                    let partition = partition_for(o.key.as_bytes(), partitions);
                     self.pending.push(PendingRecord {
                         topic: o.topic,
                         partition,
@@ -920,7 +988,7 @@ mod tests {
         assert_eq!((&tiny.original[..], tiny.original_size), (&small[..], 10));
     }
 
-    /// Counts like `Count`, but owns no topic: it only counts what does not decode.
+    /// Counts like `Count`; run with routes that own no topic, it only counts what does not decode.
     struct Reader;
 
     impl Service for Reader {
@@ -935,9 +1003,6 @@ mod tests {
             *state += 1;
             Ok(())
         }
-        fn dead_letters(&self, _topic: Topic) -> bool {
-            false
-        }
     }
 
     #[test]
@@ -950,7 +1015,7 @@ mod tests {
         }
         // When the topic's owner and a reader that does not own it both consume it
         let mut owner = Processor::new(Count);
-        let mut reader = Processor::new(Reader);
+        let mut reader = Processor::with_routes(Reader, Routes::new(vec![(topics::DEADLETTER, 1)], Vec::new()));
         let mut co = bus.consumer("owner", "a", &[topics::MARKET_FEED]);
         let mut cr = bus.consumer("reader", "a", &[topics::MARKET_FEED]);
         while owner.step(&mut co, &mut producer, 100).unwrap() != StepOutcome::Idle {}

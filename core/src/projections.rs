@@ -18,6 +18,15 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
+/// What the replica reads: every topic of the shipped pipeline but the dead letters.
+pub const INPUTS: &[crate::bus::Topic] = &[
+    topics::MARKET_FEED,
+    topics::BARS,
+    topics::SIGNALS,
+    topics::RISK,
+    topics::PORTFOLIO,
+    topics::NOTIFICATIONS,
+];
 pub const NAME: &str = "projections";
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -913,7 +922,7 @@ fn digest_of<T: Serialize>(v: &T) -> String {
 }
 
 /// The read models, ready to serve or snapshot.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct Views {
     pub portfolios: BTreeMap<String, PortfolioView>,
     pub risk: BTreeMap<String, RiskDashboard>,
@@ -975,6 +984,50 @@ impl ProjectionService {
     }
 }
 
+/// The simulator checks the projections like any read model: by their digests, and against
+/// the log through the audit trail (every event applied, none counted twice).
+impl crate::service::ReadModel for ProjectionService {
+    fn digests(&self, state: &Projections) -> Vec<(&'static str, String)> {
+        let d = ProjectionService::digests(self, state);
+        vec![
+            ("bars", d.bars),
+            ("portfolio", d.portfolio),
+            ("risk", d.risk),
+            ("notifications", d.notifications),
+            ("audit", d.audit),
+        ]
+    }
+
+    fn applied(&self, state: &Projections, event_id: &str) -> bool {
+        state.audit.contains_key(event_id)
+    }
+
+    fn tallies(&self, state: &Projections) -> Vec<crate::service::Tally> {
+        let mut by_type: BTreeMap<EventType, u64> = BTreeMap::new();
+        for a in state.audit.values() {
+            *by_type.entry(a.event_type).or_insert(0) += 1;
+        }
+        let mut out = vec![crate::service::Tally {
+            what: "events".to_string(),
+            counted: state.events_by_type.values().sum(),
+            distinct: state.audit.len() as u64,
+        }];
+        let types: std::collections::BTreeSet<EventType> = by_type.keys().chain(state.events_by_type.keys()).copied().collect();
+        for t in types {
+            out.push(crate::service::Tally {
+                what: format!("{t} events"),
+                counted: state.events_by_type.get(&t).copied().unwrap_or(0),
+                distinct: by_type.get(&t).copied().unwrap_or(0),
+            });
+        }
+        out
+    }
+
+    fn same_state(&self, a: &Projections, b: &Projections) -> bool {
+        a == b
+    }
+}
+
 impl Service for ProjectionService {
     type State = Projections;
 
@@ -990,21 +1043,10 @@ impl Service for ProjectionService {
         NAME
     }
 
+    /// A replica reads every topic; what does not decode on a topic a stage before it consumes
+    /// is that stage's to dead-letter (`Topology::owner`).
     fn inputs(&self) -> &'static [crate::bus::Topic] {
-        &[
-            topics::MARKET_FEED,
-            topics::BARS,
-            topics::SIGNALS,
-            topics::RISK,
-            topics::PORTFOLIO,
-            topics::NOTIFICATIONS,
-        ]
-    }
-
-    /// A replica reads every topic; what does not decode on a topic a stage consumes is that
-    /// stage's to dead-letter.
-    fn dead_letters(&self, topic: crate::bus::Topic) -> bool {
-        topics::owned_by(topic, NAME)
+        INPUTS
     }
 
     /// One task for every partition: a read model needs all of them. Each query process keeps

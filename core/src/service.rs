@@ -26,9 +26,10 @@ impl std::fmt::Display for Rejection {
     }
 }
 
-pub trait Service {
+/// `Send`: the Kafka service process steps each stage on a thread of its own.
+pub trait Service: Send {
     /// The state of one task.
-    type State: Default;
+    type State: Default + Send;
 
     /// Names the service, its consumer group and the producer in its events' metadata.
     fn name(&self) -> &'static str;
@@ -43,14 +44,6 @@ pub trait Service {
 
     fn handle(&self, state: &mut Self::State, event: &Event, out: &mut Vec<Output>) -> Result<(), Rejection>;
 
-    /// Whether a record of `topic` that does not decode is dead-lettered by this service, or
-    /// only counted (`Stats::undecodable_skipped`) because another stage owns the topic. One bad
-    /// record gives one dead letter, however many stages read its topic: a read replica that
-    /// consumes every topic dead-letters only on the topics it owns (`topics::TopicSpec::owner`).
-    fn dead_letters(&self, _topic: Topic) -> bool {
-        true
-    }
-
     /// A task's state as bytes for a snapshot; `None` when the service does not snapshot (its
     /// tasks are then always restored by replaying their partitions from the start).
     fn encode_state(&self, _state: &Self::State) -> Option<Vec<u8>> {
@@ -60,5 +53,41 @@ pub trait Service {
     /// The inverse of `encode_state`; `None` if the bytes are not a state of this service.
     fn decode_state(&self, _bytes: &[u8]) -> Option<Self::State> {
         None
+    }
+}
+
+/// A count a read model keeps of what it applied, for the simulator's once-only check: `counted`
+/// applications of `what` against `distinct` ids held (more counted than distinct: one applied
+/// twice).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tally {
+    pub what: String,
+    pub counted: u64,
+    pub distinct: u64,
+}
+
+/// A service whose state is a read model: what a read replica (`StageSpec::read_model`) runs.
+///
+/// The simulator checks every read replica of every process against the fault-free run (its
+/// digests converge), against a rebuild from offset 0 (the same digests), and against the log:
+/// every event on a topic it reads is applied (`applied`), none twice (`tallies`). A read model
+/// that counts or lists what it saw says so through these; nothing else of it need be known.
+pub trait ReadModel: Service {
+    /// Digests of one task's read models, by part name, in a fixed order: equal states give
+    /// equal digests, and a part names what differs.
+    fn digests(&self, state: &Self::State) -> Vec<(&'static str, String)>;
+
+    /// Whether the state has applied the event with this id.
+    fn applied(&self, state: &Self::State, event_id: &str) -> bool;
+
+    /// What the state counted against what it holds (see `Tally`); none by default.
+    fn tallies(&self, _state: &Self::State) -> Vec<Tally> {
+        Vec::new()
+    }
+
+    /// Whether two states are equal, when that is cheaper to know than their digests (the
+    /// checker then reuses one replica's digests for the other); `false` by default.
+    fn same_state(&self, _a: &Self::State, _b: &Self::State) -> bool {
+        false
     }
 }

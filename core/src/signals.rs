@@ -18,6 +18,8 @@ use crate::topics;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 
+/// What the stage reads.
+pub const INPUTS: &[crate::bus::Topic] = &[topics::BARS];
 pub const NAME: &str = "signals";
 
 /// The shipped strategies' registered names.
@@ -446,7 +448,7 @@ impl Service for SignalService {
     }
 
     fn inputs(&self) -> &'static [crate::bus::Topic] {
-        &[topics::BARS]
+        INPUTS
     }
 
     fn handle(&self, state: &mut SignalState, event: &Event, out: &mut Vec<Output>) -> Result<(), Rejection> {

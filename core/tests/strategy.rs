@@ -164,9 +164,9 @@ fn a_users_strategy_state_survives_a_snapshot_of_the_signals_service() {
     };
     let events: Vec<Event> = MarketGenerator::new(&s, s.seed).unwrap().take(20_000).map(trade_event).collect();
     let part = run(&events);
-    let service = part.pipeline.signals.service();
+    let service = part.pipeline.processor::<horizon_core::signals::SignalService>().unwrap().service();
     // when each task's state is encoded and decoded,
-    for (_, state) in part.pipeline.signals.states() {
+    for (_, state) in part.pipeline.processor::<horizon_core::signals::SignalService>().unwrap().states() {
         let bytes = service.encode_state(state).unwrap();
         let restored = service.decode_state(&bytes).expect("the state decodes");
         // then it encodes to the same bytes (every strategy's state included).

@@ -2,7 +2,7 @@
 //! broker next to raw rdkafka produce-then-consume of the same records without processing.
 //!
 //! - throughput: every feed event published at full speed by a gateway thread while one service
-//!   process (all four stages, in this thread) runs; the clock stops when the projections have
+//!   process (every stage of the shipped topology, a thread each) runs; the clock stops when the projections have
 //!   applied every event the in-memory run of the same feed produces.
 //! - latency: the feed paced at a rate; every `probe_every`-th trade's publish instant is
 //!   recorded and its publish-to-projection latency (the trade applied by the projections stage)
@@ -14,14 +14,15 @@
 //! groups: run it on a scratch broker only (`horizon bench kafka` asks for `--scratch`).
 
 use crate::kafka::{admin, KafkaConfig};
-use crate::service::{ServiceOptions, ServiceProcess, StageKind, StepTiming};
+use crate::service::{ServiceOptions, ServiceProcess, StepTiming};
 use hdrhistogram::Histogram;
 use horizon_core::bus::{partition_for, BusError};
 use horizon_core::event::Event;
-use horizon_core::pipeline::{MemoryRun, Pipeline};
+use horizon_core::pipeline::MemoryRun;
 use horizon_core::projections::Projections;
 use horizon_core::scenario::Scenario;
 use horizon_core::topics;
+use horizon_core::topology::Topology;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::Message as _;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
@@ -79,33 +80,35 @@ fn unique(what: &str) -> String {
     format!("bench-{what}-{}-{nanos}", std::process::id())
 }
 
-/// A service process with all four stages on freshly recreated, empty topics.
+/// A service process with every stage of the shipped topology (the one `MemoryRun` runs, to
+/// compare with) on freshly recreated, empty topics.
 ///
 /// The topics must be empty: a process restores its stages by replaying each partition up to the
 /// committed offset, so groups committed at the end of earlier runs' data would first replay all
 /// of it, and the bench's events (the same ids every run) would then be dropped as duplicates by
 /// the restored state — the pipeline run waited forever for projections that never changed.
 fn fresh_process(scenario: &Scenario, config: &KafkaConfig, max_records: usize) -> Result<ServiceProcess, BusError> {
-    admin::recreate_topics(config)?;
+    let topology = Topology::shipped();
+    admin::recreate_topics(config, topology.topics())?;
     let prefix = unique("pipeline");
-    let mut probe = Pipeline::new(scenario);
-    for stage in probe.stages() {
-        let group = format!("{prefix}.{}", stage.name());
+    for stage in topology.stages() {
+        let group = format!("{prefix}.{}", stage.name);
         // Just after the topics were recreated the broker may still answer with stale
         // leadership (`NotLeaderForPartition`) for a moment: retry that briefly.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match admin::commit_group_at_end(config, &group, stage.inputs()) {
+            match admin::commit_group_at_end(config, &topology, &group, stage.inputs) {
                 Ok(_) => break,
                 Err(BusError::Unavailable(_)) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(250)),
                 Err(e) => return Err(e),
             }
         }
     }
-    let mut options = ServiceOptions::new(StageKind::PIPELINE.to_vec(), prefix.clone());
-    options.projections_group = Some(format!("{prefix}.projections"));
+    let every = topology.stages().iter().map(|s| s.name).collect();
+    let mut options = ServiceOptions::new(every, prefix.clone());
+    options.replica_group = Some(format!("{prefix}.{}", horizon_core::projections::NAME));
     options.max_records = max_records.max(1);
-    ServiceProcess::new(scenario, config, options)
+    ServiceProcess::new(&topology, scenario, config, options)
 }
 
 /// Publishes `events` (paced when `rate` is set) from a thread with a plain rdkafka producer
@@ -305,7 +308,7 @@ pub fn pipeline_latency(
 /// machine at that rate, the baseline for publish-to-projection.
 pub fn raw_latency(config: &KafkaConfig, events: &[Event], rate: f64, probe_every: usize) -> Result<Latency, BusError> {
     let err = |e: rdkafka::error::KafkaError| BusError::Unavailable(e.to_string());
-    admin::recreate_topics(config)?;
+    admin::recreate_topics(config, Topology::shipped().topics())?;
     let mut base = config.client_config(&[], &[]);
     let consumer: BaseConsumer = base
         .set("group.id", unique("raw-latency"))
@@ -457,8 +460,7 @@ pub struct RebuildFigures {
 /// and fetching are the same on both sides; and applying the records it read with no Kafka.
 pub fn rebuild_from_topics(scenario: &Scenario, config: &KafkaConfig) -> Result<RebuildFigures, BusError> {
     use horizon_core::bus::{Consumer as _, Polled, TopicPartition};
-    use horizon_core::pipeline::Stage as _;
-    let inputs = Pipeline::new(scenario).projections.inputs();
+    let inputs = horizon_core::projections::INPUTS;
     // Both clocks start before the consumer is made: the replica also asks every partition's
     // end offset first (one round trip each), then joins its group.
     let start = Instant::now();
@@ -501,7 +503,7 @@ pub fn rebuild_from_topics(scenario: &Scenario, config: &KafkaConfig) -> Result<
     drop(projections);
     drop(records);
     let start = Instant::now();
-    let replica = crate::replica::build(scenario, config, &unique("rebuild"), Duration::from_secs(300))?;
+    let replica = crate::replica::build(&Topology::shipped(), scenario, config, &unique("rebuild"), Duration::from_secs(300))?;
     let rebuild = throughput(replica.records_read, start.elapsed());
     let rebuild_data = throughput(replica.flowing.0, replica.flowing.1);
     Ok(RebuildFigures {

@@ -39,7 +39,6 @@
 use crate::secrets;
 use bytes::Bytes;
 use horizon_core::bus::{self, BusError, Polled, Record, RefusedRecord, Topic, TopicPartition};
-use horizon_core::topics;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, DefaultConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -491,13 +490,15 @@ fn connection_error(e: &KafkaError) -> bool {
     )
 }
 
-fn static_topic(name: &str) -> Result<Topic, BusError> {
-    topics::by_name(name).ok_or_else(|| BusError::UnknownTopic(name.to_string()))
+/// The static name of a topic a broker client reports as a string: one of `known`, the topics
+/// the consumer subscribed to (whatever topology declared them).
+fn static_topic(name: &str, known: &[Topic]) -> Option<Topic> {
+    known.iter().copied().find(|t| *t == name)
 }
 
-fn to_record(m: &impl rdkafka::message::Message) -> Result<Record, BusError> {
+fn to_record(m: &impl rdkafka::message::Message, known: &[Topic]) -> Result<Record, BusError> {
     Ok(Record {
-        topic: static_topic(m.topic())?,
+        topic: static_topic(m.topic(), known).ok_or_else(|| BusError::UnknownTopic(m.topic().to_string()))?,
         partition: m.partition() as u32,
         offset: m.offset() as u64,
         key: Bytes::copy_from_slice(m.key().unwrap_or_default()),
@@ -505,17 +506,17 @@ fn to_record(m: &impl rdkafka::message::Message) -> Result<Record, BusError> {
     })
 }
 
-fn to_tps(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+fn to_tps(tpl: &TopicPartitionList, known: &[Topic]) -> Vec<TopicPartition> {
     let mut tps: Vec<TopicPartition> = tpl
         .elements()
         .iter()
-        .filter_map(|e| match topics::by_name(e.topic()) {
+        .filter_map(|e| match static_topic(e.topic(), known) {
             Some(topic) => Some(TopicPartition {
                 topic,
                 partition: e.partition() as u32,
             }),
             None => {
-                log::warn!("ignoring partition {}/{} of an undocumented topic", e.topic(), e.partition());
+                log::warn!("ignoring partition {}/{} of a topic not subscribed to", e.topic(), e.partition());
                 None
             }
         })
@@ -759,6 +760,8 @@ impl bus::Producer for KafkaProducer {
 /// Turns librdkafka's rebalance callbacks into notices for `poll` and keeps the assignment.
 #[derive(Default)]
 struct GroupContext {
+    /// The subscribed topics: what the broker's topic names map to.
+    topics: Vec<Topic>,
     notices: Mutex<VecDeque<Polled>>,
     /// Set when a notice is queued: the poll loop looks at this after every record, and takes
     /// the lock only when it is set.
@@ -787,7 +790,7 @@ impl ConsumerContext for GroupContext {
         // Revoke: nothing to commit here: librdkafka commits what the loop stored for the revoked
         // partitions (auto-commit) before it lets go of them.
         if let Rebalance::Revoke(tpl) = rebalance {
-            let tps = to_tps(tpl);
+            let tps = to_tps(tpl, &self.topics);
             let mut assigned = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
             for tp in &tps {
                 assigned.remove(tp);
@@ -801,7 +804,7 @@ impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                let tps = to_tps(tpl);
+                let tps = to_tps(tpl, &self.topics);
                 self.assigned.lock().unwrap_or_else(|p| p.into_inner()).extend(tps.iter().copied());
                 if !tps.is_empty() {
                     self.notify(Polled::Assigned(tps));
@@ -956,7 +959,10 @@ impl Intake {
         let mut timeout = timeout;
         let mut pulled = Pulled::Nothing;
         while !inbox.is_full(max_records) {
-            let polled = self.consumer.poll(timeout).map(|r| r.map(|m| to_record(&m)));
+            let polled = self
+                .consumer
+                .poll(timeout)
+                .map(|r| r.map(|m| to_record(&m, &self.consumer.context().topics)));
             timeout = Duration::ZERO;
             match polled {
                 Some(Ok(record)) => {
@@ -1193,7 +1199,10 @@ impl KafkaConsumer {
                     ("enable.partition.eof", "false"),
                 ],
             )
-            .create_with_context(GroupContext::default())
+            .create_with_context(GroupContext {
+                topics: topics.to_vec(),
+                ..GroupContext::default()
+            })
             .map_err(|e| bus_error(&e))?;
         consumer.subscribe(topics).map_err(|e| bus_error(&e))?;
         let consumer = Arc::new(consumer);
@@ -1373,7 +1382,11 @@ impl bus::Consumer for KafkaConsumer {
         self.consumer.store_offsets(&tpl).map_err(|e| match e.rdkafka_error_code() {
             Some(RDKafkaErrorCode::State) | Some(RDKafkaErrorCode::UnknownPartition) => BusError::NotAssigned(format!(
                 "{}: {e}",
-                to_tps(&tpl).iter().map(|tp| tp.to_string()).collect::<Vec<_>>().join(", ")
+                to_tps(&tpl, &self.consumer.context().topics)
+                    .iter()
+                    .map(|tp| tp.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )),
             _ => bus_error(&e),
         })
@@ -1470,7 +1483,7 @@ impl bus::Consumer for KafkaConsumer {
 pub mod admin {
     use super::{bus_error, KafkaConfig};
     use horizon_core::bus::{BusError, Topic, TopicPartition};
-    use horizon_core::topics;
+    use horizon_core::topology::{TopicSpec, Topology};
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, DefaultConsumerContext};
@@ -1479,19 +1492,20 @@ pub mod admin {
     use std::collections::BTreeMap;
     use std::time::{Duration, Instant};
 
-    /// Creates every documented topic (`topics::ALL`) with its partition count; topics that
-    /// already exist are left as they are. `min_insync` sets `min.insync.replicas` on the topics
-    /// this call creates. Returns once every partition of every topic has a leader.
+    /// Creates `topics` (a topology's: `Topology::topics`) with their partition counts; topics
+    /// that already exist are left as they are. `min_insync` sets `min.insync.replicas` on the
+    /// topics this call creates. Returns once every partition of every topic has a leader.
     pub fn create_topics(
         bootstrap: &str,
         extra: &BTreeMap<String, String>,
+        topics: &[TopicSpec],
         replication_factor: i32,
         min_insync: Option<u32>,
     ) -> Result<(), BusError> {
         let config = KafkaConfig::with_properties(bootstrap, extra.clone());
         let admin: AdminClient<DefaultClientContext> = config.client_config(&[], &[]).create().map_err(|e| bus_error(&e))?;
         let misr = min_insync.map(|n| n.to_string());
-        let new: Vec<NewTopic<'_>> = topics::ALL
+        let new: Vec<NewTopic<'_>> = topics
             .iter()
             .map(|t| {
                 let topic = NewTopic::new(t.name, t.partitions as i32, TopicReplication::Fixed(replication_factor));
@@ -1511,18 +1525,18 @@ pub mod admin {
                 Err((name, code)) => return Err(BusError::Unavailable(format!("creating topic {name}: {code}"))),
             }
         }
-        wait_for_leaders(&admin, config.request_timeout)
+        wait_for_leaders(&admin, topics, config.request_timeout)
     }
 
-    /// Deletes every documented topic (`topics::ALL`) and creates it again, empty: for
-    /// benchmarks on a scratch broker only. Retries the creation while the broker still has the
-    /// old topic marked for deletion (waits until the deleted topics leave the metadata first).
-    pub fn recreate_topics(config: &KafkaConfig) -> Result<(), BusError> {
+    /// Deletes `topics` and creates them again, empty: for benchmarks on a scratch broker only.
+    /// Retries the creation while the broker still has the old topic marked for deletion
+    /// (waits until the deleted topics leave the metadata first).
+    pub fn recreate_topics(config: &KafkaConfig, topics: &[TopicSpec]) -> Result<(), BusError> {
         let admin: AdminClient<DefaultClientContext> = config.client_config(&[], &[]).create().map_err(|e| bus_error(&e))?;
         let options = AdminOptions::new()
             .operation_timeout(Some(config.request_timeout))
             .request_timeout(Some(config.request_timeout));
-        let names: Vec<&str> = topics::ALL.iter().map(|t| t.name).collect();
+        let names: Vec<&str> = topics.iter().map(|t| t.name).collect();
         let results = futures_executor::block_on(admin.delete_topics(&names, &options)).map_err(|e| bus_error(&e))?;
         for r in results {
             match r {
@@ -1542,7 +1556,7 @@ pub mod admin {
             std::thread::sleep(Duration::from_millis(100));
         }
         loop {
-            match create_topics(&config.bootstrap, &config.properties, 1, None) {
+            match create_topics(&config.bootstrap, &config.properties, topics, 1, None) {
                 Ok(()) => return Ok(()),
                 Err(e) if Instant::now() >= deadline => return Err(e),
                 Err(_) => std::thread::sleep(Duration::from_millis(250)),
@@ -1576,11 +1590,11 @@ pub mod admin {
         Ok(())
     }
 
-    fn wait_for_leaders(admin: &AdminClient<DefaultClientContext>, timeout: Duration) -> Result<(), BusError> {
+    fn wait_for_leaders(admin: &AdminClient<DefaultClientContext>, topics: &[TopicSpec], timeout: Duration) -> Result<(), BusError> {
         let deadline = Instant::now() + timeout;
         loop {
             let missing = match admin.inner().fetch_metadata(None, Duration::from_secs(5)) {
-                Ok(md) => topics::ALL
+                Ok(md) => topics
                     .iter()
                     .filter(|spec| {
                         let Some(t) = md.topics().iter().find(|t| t.name() == spec.name) else {
@@ -1607,10 +1621,16 @@ pub mod admin {
         }
     }
 
-    /// Commits, for `group`, the current end offset of every partition of `topics`, so a new
-    /// group starts with what is published from now on instead of the whole log. Refused by
-    /// the broker while the group has live members.
-    pub fn commit_group_at_end(config: &KafkaConfig, group: &str, topics: &[Topic]) -> Result<Vec<(TopicPartition, u64)>, BusError> {
+    /// Commits, for `group`, the current end offset of every partition of `topics` (declared by
+    /// `topology`, which gives their partition counts), so a new group starts with what is
+    /// published from now on instead of the whole log. Refused by the broker while the group
+    /// has live members.
+    pub fn commit_group_at_end(
+        config: &KafkaConfig,
+        topology: &Topology,
+        group: &str,
+        topics: &[Topic],
+    ) -> Result<Vec<(TopicPartition, u64)>, BusError> {
         let consumer: BaseConsumer<DefaultConsumerContext> = config
             .client_config(&[], &[("group.id", group), ("enable.auto.commit", "false")])
             .create()
@@ -1618,7 +1638,10 @@ pub mod admin {
         let mut tpl = TopicPartitionList::new();
         let mut ends = Vec::new();
         for &topic in topics {
-            for partition in 0..topics::partitions(topic) {
+            let partitions = topology
+                .partitions(topic)
+                .ok_or_else(|| BusError::UnknownTopic(format!("{topic} (not declared by topology `{}`)", topology.name)))?;
+            for partition in 0..partitions {
                 let (_, high) = consumer
                     .fetch_watermarks(topic, partition as i32, config.request_timeout)
                     .map_err(|e| bus_error(&e))?;

@@ -1,7 +1,9 @@
-//! Edges of CipherHorizon: the Kafka backend, the service process and the query API.
+//! Edges of CipherHorizon: the Kafka backend, the service process, the query API, and the
+//! command line that runs any topology on Kafka (`cli`).
 
 pub mod api;
 pub mod bench;
+pub mod cli;
 pub mod gateway;
 pub mod kafka;
 pub mod notify;

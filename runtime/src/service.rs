@@ -1,11 +1,15 @@
-//! The service process: selected stages of the `Pipeline` run against Apache Kafka with the one
+//! The service process: selected stages of a `Topology` run against Apache Kafka with the one
 //! processing loop (`horizon_core::processor`), as `horizon run` does.
 //!
+//! - The stages are the topology's (`--services` names some of them, in flow order), plus the
+//!   runtime's own `notify` delivery stage. Nothing here knows which services they are, except
+//!   that the query snapshot shows the shipped projections when the topology has them.
 //! - One `KafkaConsumer` per stage, in consumer group `<prefix>.<stage>`; processes started with
-//!   the same prefix share the work of a stage partition by partition. The projections stage
-//!   keeps one task for all partitions, so each process that serves queries reads every topic
-//!   in a group of its own (`<prefix>.projections.<host>-<pid>-<start>`, a read replica that
-//!   rebuilds from the log on start) unless a fixed group is given.
+//!   the same prefix share the work of a stage partition by partition. A read replica
+//!   (`StageSpec::replica`: the shipped projections) keeps one task for all partitions, so each
+//!   process that serves queries reads every topic in a group of its own
+//!   (`<prefix>.<stage>.<host>-<pid>-<start>`, rebuilt from the log on start) unless a fixed
+//!   group is given.
 //! - One thread per stage, each with its own idempotent `KafkaProducer`: a step flushes what it
 //!   sent before returning, so a stage waiting for its acknowledgements (or sitting in an idle
 //!   poll) delays no other stage. The stages share nothing but the stop flag; each leaves its
@@ -36,72 +40,51 @@ use horizon_core::pipeline::{projection_digests, projection_state, projection_vi
 use horizon_core::processor::{Processor, Stats, StepOutcome};
 use horizon_core::projections::{ProjectionService, Projections};
 use horizon_core::scenario::Scenario;
+use horizon_core::topology::Topology;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// What `--services` selects.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum StageKind {
-    Market,
-    Signals,
-    /// The portfolio manager: sequencer, risk, rebalancing and notification decisions.
-    Portfolio,
-    Projections,
-    /// Delivery of notifications to a sink (not part of `horizon sim`).
-    Notify,
-}
-
-impl StageKind {
-    pub const PIPELINE: [StageKind; 4] = [StageKind::Market, StageKind::Signals, StageKind::Portfolio, StageKind::Projections];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            StageKind::Market => horizon_core::market::NAME,
-            StageKind::Signals => horizon_core::signals::NAME,
-            StageKind::Portfolio => horizon_core::manager::NAME,
-            StageKind::Projections => horizon_core::projections::NAME,
-            StageKind::Notify => crate::notify::NAME,
-        }
-    }
-
-    /// Parses a comma-separated list. `risk` is refused with the reason: risk decisions are
-    /// made inside the portfolio step, which must see signals, risk and rebalances in one
-    /// event-time order.
-    pub fn parse_list(list: &str) -> Result<Vec<StageKind>, String> {
-        let mut out: Vec<StageKind> = Vec::new();
-        for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let kind = match name {
-                "market" => StageKind::Market,
-                "signals" => StageKind::Signals,
-                "portfolio" => StageKind::Portfolio,
-                "projections" => StageKind::Projections,
-                "notify" => StageKind::Notify,
-                "risk" => {
-                    return Err(
-                        "--services: `risk` is not a separate service: risk thresholds, rebalancing and notification \
-                                decisions run in one event-time step inside `portfolio` (README: \"Why the portfolio step hosts \
-                                risk...\"); use `portfolio`"
-                            .into(),
-                    )
-                }
-                other => {
-                    return Err(format!(
-                        "--services: unknown service `{other}` (known: market, signals, portfolio, projections, notify)"
-                    ))
-                }
-            };
-            if !out.contains(&kind) {
-                out.push(kind);
+/// Parses `--services`: a comma-separated list of `topology`'s stage names, and `notify` (the
+/// runtime's delivery stage, unless the topology has a stage of that name). Returns them in
+/// flow order, each once, `notify` last. `risk` in the shipped topology is refused with the
+/// reason: risk decisions are made inside the portfolio step, which must see signals, risk and
+/// rebalances in one event-time order.
+pub fn parse_services(topology: &Topology, list: &str) -> Result<Vec<&'static str>, String> {
+    let known: Vec<&'static str> = topology.stages().iter().map(|s| s.name).collect();
+    let delivery = !known.contains(&crate::notify::NAME);
+    let mut picked: Vec<&'static str> = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let found = match known.iter().find(|k| **k == name) {
+            Some(k) => *k,
+            None if delivery && name == crate::notify::NAME => crate::notify::NAME,
+            None if name == "risk" && known.contains(&horizon_core::manager::NAME) => {
+                return Err(format!(
+                    "--services: `risk` is not a separate service: risk thresholds, rebalancing and notification \
+                     decisions run in one event-time step inside `{m}` (README: \"Why the portfolio step hosts \
+                     risk...\"); use `{m}`",
+                    m = horizon_core::manager::NAME
+                ))
             }
+            None => {
+                let mut all = known.clone();
+                if delivery {
+                    all.push(crate::notify::NAME);
+                }
+                return Err(format!("--services: unknown service `{name}` (known: {})", all.join(", ")));
+            }
+        };
+        if !picked.contains(&found) {
+            picked.push(found);
         }
-        if out.is_empty() {
-            return Err("--services: no service named".into());
-        }
-        out.sort();
-        Ok(out)
     }
+    if picked.is_empty() {
+        return Err("--services: no service named".into());
+    }
+    // Flow order: the topology's, the delivery stage after every stage of it.
+    picked.sort_by_key(|n| known.iter().position(|k| k == n).unwrap_or(known.len()));
+    Ok(picked)
 }
 
 /// Bounded exponential backoff, deterministic (no jitter).
@@ -129,11 +112,13 @@ impl Backoff {
 }
 
 pub struct ServiceOptions {
-    pub stages: Vec<StageKind>,
+    /// Stage names (`parse_services`).
+    pub stages: Vec<&'static str>,
     /// Consumer groups are `<prefix>.<stage>`.
     pub group_prefix: String,
-    /// The projections stage's group; default: one per process.
-    pub projections_group: Option<String>,
+    /// The read replica's group (`--projections-group`); default: one per process. With
+    /// several read replicas selected, each gets `<group>.<stage>`.
+    pub replica_group: Option<String>,
     pub max_records: usize,
     pub backoff: Backoff,
     /// How often the query snapshot is refreshed while projections change.
@@ -150,17 +135,17 @@ pub struct ServiceOptions {
     pub state_dir: Option<SnapshotDir>,
     pub snapshot_records: u64,
     pub snapshot_interval: Duration,
-    /// Ready when every assigned projections partition is restored and within this many records
-    /// of its end.
+    /// Ready when every assigned partition of a read replica is restored and within this many
+    /// records of its end.
     pub ready_lag: u64,
 }
 
 impl ServiceOptions {
-    pub fn new(stages: Vec<StageKind>, group_prefix: impl Into<String>) -> ServiceOptions {
+    pub fn new(stages: Vec<&'static str>, group_prefix: impl Into<String>) -> ServiceOptions {
         ServiceOptions {
             stages,
             group_prefix: group_prefix.into(),
-            projections_group: None,
+            replica_group: None,
             max_records: 4096,
             backoff: Backoff::default(),
             snapshot_every: Duration::from_millis(250),
@@ -186,7 +171,11 @@ pub fn replica_group(prefix: &str, stage: &str) -> String {
 }
 
 struct Member {
-    kind: StageKind,
+    name: &'static str,
+    /// A read replica of the topology (its piece carries offsets, lag and readiness).
+    replica: bool,
+    /// The runtime's delivery stage rather than one of the topology's.
+    delivery: bool,
     /// This member's place in `Health`.
     index: usize,
     consumer: KafkaConsumer,
@@ -309,8 +298,8 @@ pub struct ServiceReport {
     pub unsettled_at_exit: Vec<String>,
 }
 
-/// Called on the projections stage's thread after each of its steps with the projection state;
-/// returning true stops the run (`ServiceProcess::run_until`).
+/// Called on the thread of the stage running the shipped projections after each of its steps
+/// with the projection state; returning true stops the run (`ServiceProcess::run_until`).
 pub type Watch<'a> = dyn FnMut(Option<&Projections>) -> bool + Send + 'a;
 
 pub struct ServiceProcess {
@@ -328,48 +317,50 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 
 /// A member's stage, lent by the process to the member's thread.
 enum StageMut<'a> {
-    Processor(&'a mut (dyn Stage + Send)),
-    Projections(&'a mut Processor<ProjectionService>),
+    Topology(&'a mut dyn Stage),
     Notify(&'a mut DeliveryStage),
 }
 
 impl StageMut<'_> {
     fn stage(&mut self) -> &mut dyn Stage {
         match self {
-            StageMut::Processor(s) => *s,
-            StageMut::Projections(p) => *p,
+            StageMut::Topology(s) => *s,
             StageMut::Notify(d) => *d,
         }
     }
 
     fn stage_ref(&self) -> &dyn Stage {
         match self {
-            StageMut::Processor(s) => *s,
-            StageMut::Projections(p) => *p,
+            StageMut::Topology(s) => *s,
             StageMut::Notify(d) => *d,
+        }
+    }
+
+    /// The shipped projections' processing loop, if this stage runs them.
+    fn projections(&self) -> Option<&Processor<ProjectionService>> {
+        match self {
+            StageMut::Topology(s) => s.as_any()?.downcast_ref::<Processor<ProjectionService>>(),
+            StageMut::Notify(_) => None,
         }
     }
 }
 
-/// Lends each stage in `kinds` (each at most once) out of the pipeline: disjoint borrows, so
+/// Lends each member's stage out of the pipeline (or the delivery stage): disjoint borrows, so
 /// every member can step on a thread of its own.
-fn stages_for<'a>(pipeline: &'a mut Pipeline, delivery: Option<&'a mut DeliveryStage>, kinds: &[StageKind]) -> Vec<StageMut<'a>> {
-    let Pipeline {
-        market,
-        signals,
-        manager,
-        projections,
-    } = pipeline;
-    let (mut market, mut signals, mut manager) = (Some(market), Some(signals), Some(manager));
-    let (mut projections, mut delivery) = (Some(projections), delivery);
-    kinds
+fn stages_for<'a>(pipeline: &'a mut Pipeline, delivery: Option<&'a mut DeliveryStage>, members: &[Member]) -> Vec<StageMut<'a>> {
+    let mut lent: Vec<Option<&'a mut dyn Stage>> = pipeline.stages().into_iter().map(Some).collect();
+    let mut delivery = delivery;
+    members
         .iter()
-        .map(|kind| match kind {
-            StageKind::Market => StageMut::Processor(market.take().expect("each stage once")),
-            StageKind::Signals => StageMut::Processor(signals.take().expect("each stage once")),
-            StageKind::Portfolio => StageMut::Processor(manager.take().expect("each stage once")),
-            StageKind::Projections => StageMut::Projections(projections.take().expect("each stage once")),
-            StageKind::Notify => StageMut::Notify(delivery.take().expect("the notify member has a delivery stage")),
+        .map(|m| {
+            if m.delivery {
+                return StageMut::Notify(delivery.take().expect("the notify member has a delivery stage"));
+            }
+            let slot = lent
+                .iter_mut()
+                .find(|s| s.as_ref().is_some_and(|s| s.name() == m.name))
+                .expect("each stage once");
+            StageMut::Topology(slot.take().expect("each stage once"))
         })
         .collect()
 }
@@ -470,7 +461,7 @@ impl Member {
             Ok(StepOutcome::Retry(e)) => {
                 let delay = s.backoff.delay(self.failures);
                 if self.failures == 0 || delay == s.backoff.max {
-                    eprintln!("horizon: {}: {e}; retrying in {delay:?}", self.kind.name());
+                    eprintln!("horizon: {}: {e}; retrying in {delay:?}", self.name);
                 }
                 self.failures = self.failures.saturating_add(1);
                 self.not_before = Some(now + delay);
@@ -478,7 +469,7 @@ impl Member {
                 self.retries += 1;
                 Ok(false)
             }
-            Err(e) => Err(BusError::Fatal(format!("{}: {e}", self.kind.name()))),
+            Err(e) => Err(BusError::Fatal(format!("{}: {e}", self.name))),
         }
     }
 
@@ -493,15 +484,17 @@ impl Member {
         piece: Option<Piece<'_>>,
         mut watch: Option<&mut Watch<'_>>,
     ) -> Result<Option<String>, BusError> {
-        let projections = self.kind == StageKind::Projections;
+        // A read replica's piece clones its whole state and reads end offsets: it is refreshed
+        // when the replica moved, not after every step.
+        let replica = self.replica;
         let (mut last_piece, mut piece_gap, mut dirty) = (None::<Instant>, s.snapshot_every, true);
         let mut last_ends = None::<Instant>;
         let mut last_save = Instant::now();
         let mut records_at_save = stage.stage_ref().stats().records_in;
         while !stop.load(Ordering::SeqCst) && !halt.load(Ordering::SeqCst) {
             let moved = self.step(stage.stage(), s, Instant::now())?;
-            dirty |= moved || !projections;
-            if let (Some(w), StageMut::Projections(p)) = (watch.as_mut(), &stage) {
+            dirty |= moved || !replica;
+            if let (Some(w), Some(p)) = (watch.as_mut(), stage.projections()) {
                 if w(projection_state(p)) {
                     halt.store(true, Ordering::SeqCst);
                 }
@@ -515,18 +508,18 @@ impl Member {
                 }
             }
             if let Some(piece) = &piece {
-                if projections && last_ends.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                if replica && last_ends.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                     self.refresh_ends();
                     last_ends = Some(Instant::now());
                     dirty = true;
                 }
-                // The projections piece clones the whole projection state: at most every
+                // A read replica's piece clones its whole state: at most every
                 // `snapshot_every`, and never more than a fifth of the stage's time.
                 if dirty && last_piece.is_none_or(|t| t.elapsed() >= piece_gap) {
                     let started = Instant::now();
                     *piece.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.piece(&stage, s.ready_lag));
                     piece.changed.store(true, Ordering::SeqCst);
-                    if projections {
+                    if replica {
                         piece_gap = s.snapshot_every.max(started.elapsed() * 4);
                     }
                     last_piece = Some(Instant::now());
@@ -544,7 +537,7 @@ impl Member {
             self.save_snapshot(stage.stage_ref(), dir);
         }
         if let Some(piece) = &piece {
-            if projections {
+            if replica {
                 self.refresh_ends();
             }
             *piece.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.piece(&stage, s.ready_lag));
@@ -560,7 +553,7 @@ impl Member {
         let deadline = Instant::now() + s.drain_timeout;
         while self.last_error.is_some() {
             if Instant::now() >= deadline {
-                return Ok(Some(self.kind.name().to_string()));
+                return Ok(Some(self.name.to_string()));
             }
             self.step(stage, s, Instant::now())?;
             std::thread::sleep(Duration::from_millis(20));
@@ -568,28 +561,25 @@ impl Member {
         match self.consumer.commit_stored() {
             Ok(()) => Ok(None),
             Err(e) => {
-                eprintln!("horizon: {}: final commit: {e}", self.kind.name());
+                eprintln!("horizon: {}: final commit: {e}", self.name);
                 s.health.update(self.index, |h| {
                     h.waiting = true;
                     h.last_error = Some(format!("final commit: {e}"));
                 });
-                Ok(Some(self.kind.name().to_string()))
+                Ok(Some(self.name.to_string()))
             }
         }
     }
 
     /// Saves the stage's snapshots (none while it has unsettled work).
     fn save_snapshot(&self, stage: &dyn Stage, dir: &SnapshotDir) {
-        if self.kind == StageKind::Notify {
+        if self.delivery {
             return;
         }
         // A snapshot ahead of its group's committed offsets is discarded on restore (it cannot
         // tell a reset log from a late commit), so the stored offsets go first.
         if let Err(e) = self.consumer.commit_stored() {
-            eprintln!(
-                "horizon: {}: committing before a snapshot: {e}; snapshot not saved",
-                self.kind.name()
-            );
+            eprintln!("horizon: {}: committing before a snapshot: {e}; snapshot not saved", self.name);
             return;
         }
         for (task, bytes) in stage.snapshot() {
@@ -620,7 +610,7 @@ impl Member {
 
     /// This member's part of the query snapshot (`merge` composes the parts).
     fn piece(&self, stage: &StageMut<'_>, ready_lag: u64) -> Snapshot {
-        let name = self.kind.name().to_string();
+        let name = self.name.to_string();
         let mut s = Snapshot {
             stages: vec![name.clone()],
             taken_at_ms: SystemTime::now()
@@ -635,35 +625,34 @@ impl Member {
         if self.retries > 0 {
             s.retries.insert(name, self.retries);
         }
-        match stage {
-            StageMut::Projections(p) => {
-                let assigned = self.consumer.assignment();
-                s.offsets = assigned
-                    .iter()
-                    .filter_map(|tp| self.applied.get(tp).map(|o| (tp.to_string(), *o)))
-                    .collect();
-                for tp in &assigned {
-                    let applied = self.applied.get(tp).copied().unwrap_or(0);
-                    let end = self.ends.get(tp).copied().unwrap_or(applied);
-                    s.lag.insert(tp.to_string(), end.saturating_sub(applied));
-                }
-                s.ready = !assigned.is_empty()
-                    && assigned.iter().all(|tp| self.applied.contains_key(tp))
-                    && s.lag.values().all(|l| *l <= ready_lag)
-                    && self.ends.len() == assigned.len();
-                if let Some(state) = projection_state(p) {
-                    s.projections = Some(Arc::new(state.clone()));
-                    s.events_by_type = state.events_by_type.clone();
-                    s.events = state.audit.len() as u64;
-                }
-                s.digests = Some(projection_digests(p));
-                s.views = Some(projection_views(p));
+        if self.replica {
+            let assigned = self.consumer.assignment();
+            s.offsets = assigned
+                .iter()
+                .filter_map(|tp| self.applied.get(tp).map(|o| (tp.to_string(), *o)))
+                .collect();
+            for tp in &assigned {
+                let applied = self.applied.get(tp).copied().unwrap_or(0);
+                let end = self.ends.get(tp).copied().unwrap_or(applied);
+                s.lag.insert(tp.to_string(), end.saturating_sub(applied));
             }
-            StageMut::Notify(d) => {
-                s.delivery = Some(d.counters.clone());
-                s.breaker = Some(format!("{:?}", d.breaker.state()));
+            s.ready = !assigned.is_empty()
+                && assigned.iter().all(|tp| self.applied.contains_key(tp))
+                && s.lag.values().all(|l| *l <= ready_lag)
+                && self.ends.len() == assigned.len();
+        }
+        if let Some(p) = stage.projections() {
+            if let Some(state) = projection_state(p) {
+                s.projections = Some(Arc::new(state.clone()));
+                s.events_by_type = state.events_by_type.clone();
+                s.events = state.audit.len() as u64;
             }
-            StageMut::Processor(_) => {}
+            s.digests = Some(projection_digests(p));
+            s.views = Some(projection_views(p));
+        }
+        if let StageMut::Notify(d) = stage {
+            s.delivery = Some(d.counters.clone());
+            s.breaker = Some(format!("{:?}", d.breaker.state()));
         }
         s
     }
@@ -701,9 +690,17 @@ fn merge(pieces: impl IntoIterator<Item = Snapshot>, initial_cash: &BTreeMap<Str
 }
 
 impl ServiceProcess {
-    pub fn new(scenario: &Scenario, config: &KafkaConfig, mut options: ServiceOptions) -> Result<ServiceProcess, BusError> {
-        let mut pipeline = Pipeline::new(scenario);
-        let delivery = if options.stages.contains(&StageKind::Notify) {
+    /// Builds `topology`'s stages for the scenario and joins a consumer group for each of
+    /// `options.stages` (names checked by `parse_services`; an unknown one is an error here too).
+    pub fn new(
+        topology: &Topology,
+        scenario: &Scenario,
+        config: &KafkaConfig,
+        mut options: ServiceOptions,
+    ) -> Result<ServiceProcess, BusError> {
+        let mut pipeline = Pipeline::from_topology(topology, scenario).map_err(|e| BusError::Fatal(e.to_string()))?;
+        let is_delivery = |name: &str| name == crate::notify::NAME && topology.stage_spec(name).is_none();
+        let delivery = if options.stages.iter().any(|n| is_delivery(n)) {
             let sink = options
                 .sink
                 .take()
@@ -712,22 +709,37 @@ impl ServiceProcess {
         } else {
             None
         };
+        let replicas = options
+            .stages
+            .iter()
+            .filter(|n| topology.stage_spec(n).is_some_and(|s| s.replica))
+            .count();
         let mut members = Vec::new();
-        for &kind in &options.stages {
-            let group = match (kind, &options.projections_group) {
-                (StageKind::Projections, Some(g)) => g.clone(),
-                (StageKind::Projections, None) => replica_group(&options.group_prefix, kind.name()),
-                _ => format!("{}.{}", options.group_prefix, kind.name()),
+        for &name in &options.stages {
+            let (inputs, replica, delivery_member) = match topology.stage_spec(name) {
+                Some(spec) => (spec.inputs, spec.replica, false),
+                None if is_delivery(name) => (delivery.as_ref().map(|d| d.inputs()).unwrap_or(&[]), false, true),
+                None => {
+                    return Err(BusError::Fatal(format!(
+                        "topology `{}` has no stage `{name}` (its stages: {})",
+                        topology.name,
+                        horizon_core::pipeline::service_names(topology).join(", ")
+                    )))
+                }
             };
-            let inputs = match kind {
-                StageKind::Notify => delivery.as_ref().map(|d| d.inputs()).unwrap_or(&[]),
-                _ => stage_of(&mut pipeline, kind).inputs(),
+            let group = match (replica, &options.replica_group) {
+                (true, Some(g)) if replicas == 1 => g.clone(),
+                (true, Some(g)) => format!("{g}.{name}"),
+                (true, None) => replica_group(&options.group_prefix, name),
+                (false, _) => format!("{}.{name}", options.group_prefix),
             };
             let mut consumer = KafkaConsumer::new(config, &group, inputs)?;
             // Each stage has a thread of its own: an idle poll blocks no other stage.
             consumer.set_poll_timing(IDLE_POLL, Duration::ZERO);
             members.push(Member {
-                kind,
+                name,
+                replica,
+                delivery: delivery_member,
                 index: members.len(),
                 consumer,
                 producer: KafkaProducer::new(config)?,
@@ -742,11 +754,8 @@ impl ServiceProcess {
             });
         }
         if let Some(dir) = &options.state_dir {
-            for &kind in &options.stages {
-                if kind == StageKind::Notify {
-                    continue;
-                }
-                let stage = stage_of(&mut pipeline, kind);
+            for m in members.iter().filter(|m| !m.delivery) {
+                let stage = pipeline.stage_mut(m.name).expect("a member of the topology");
                 let saved = dir
                     .load_all(stage.name())
                     .map_err(|e| BusError::Fatal(format!("--state-dir: {e}")))?;
@@ -761,10 +770,7 @@ impl ServiceProcess {
                 }
             }
         }
-        let health = Arc::new(Health::new(
-            options.stall_after,
-            options.stages.iter().map(|k| k.name().to_string()),
-        ));
+        let health = Arc::new(Health::new(options.stall_after, options.stages.iter().map(|n| n.to_string())));
         Ok(ServiceProcess {
             pipeline,
             delivery,
@@ -776,7 +782,7 @@ impl ServiceProcess {
 
     /// Where each stage's steps spent their time so far.
     pub fn timings(&self) -> Vec<(&'static str, StepTiming)> {
-        self.members.iter().map(|m| (m.kind.name(), m.timing.clone())).collect()
+        self.members.iter().map(|m| (m.name, m.timing.clone())).collect()
     }
 
     /// Forgets the time counted so far (a benchmark's warm-up).
@@ -792,7 +798,7 @@ impl ServiceProcess {
     }
 
     pub fn stages(&self) -> Vec<&'static str> {
-        self.members.iter().map(|m| m.kind.name()).collect()
+        self.members.iter().map(|m| m.name).collect()
     }
 
     /// Runs until `stop` is set, then finishes in-flight work, commits and returns (the
@@ -812,12 +818,16 @@ impl ServiceProcess {
         mut watch: Option<&mut Watch<'_>>,
     ) -> Result<ServiceReport, BusError> {
         let settings = Settings::of(&self.options, &self.health);
-        let initial_cash = self.pipeline.projections.service().initial_cash.clone();
-        let kinds: Vec<StageKind> = self.members.iter().map(|m| m.kind).collect();
-        let stages = stages_for(&mut self.pipeline, self.delivery.as_mut(), &kinds);
+        // No shipped projections in the topology: no initial cash to show (and no views).
+        let initial_cash = self
+            .pipeline
+            .projection_processor()
+            .map(|p| p.service().initial_cash.clone())
+            .unwrap_or_default();
+        let stages = stages_for(&mut self.pipeline, self.delivery.as_mut(), &self.members);
         let halt = AtomicBool::new(false);
         let changed = AtomicBool::new(false);
-        let slots: Vec<Mutex<Option<Snapshot>>> = kinds.iter().map(|_| Mutex::new(None)).collect();
+        let slots: Vec<Mutex<Option<Snapshot>>> = self.members.iter().map(|_| Mutex::new(None)).collect();
         let compose = || -> Option<Snapshot> {
             let pieces: Option<Vec<Snapshot>> = slots.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone()).collect();
             pieces.map(|p| Snapshot {
@@ -828,11 +838,11 @@ impl ServiceProcess {
         let outcomes: Vec<Result<Option<String>, BusError>> = std::thread::scope(|scope| {
             let mut handles = Vec::new();
             for ((m, stage), slot) in self.members.iter_mut().zip(stages).zip(&slots) {
-                let watch = if m.kind == StageKind::Projections { watch.take() } else { None };
+                let watch = if stage.projections().is_some() { watch.take() } else { None };
                 let piece = snapshot.map(|_| Piece { slot, changed: &changed });
                 let (settings, halt) = (&settings, &halt);
                 let spawned = std::thread::Builder::new()
-                    .name(format!("horizon-{}", m.kind.name()))
+                    .name(format!("horizon-{}", m.name))
                     .spawn_scoped(scope, move || {
                         let r = m.work(stage, settings, stop, halt, piece, watch);
                         if r.is_err() {
@@ -880,9 +890,9 @@ impl ServiceProcess {
         let mut stats = BTreeMap::new();
         let mut retries = BTreeMap::new();
         for m in &self.members {
-            stats.insert(m.kind.name().to_string(), self.stage_stats(m.kind).clone());
+            stats.insert(m.name.to_string(), self.stage_stats(m).clone());
             if m.retries > 0 {
-                retries.insert(m.kind.name().to_string(), m.retries);
+                retries.insert(m.name.to_string(), m.retries);
             }
         }
         ServiceReport {
@@ -894,24 +904,16 @@ impl ServiceProcess {
         }
     }
 
-    fn stage_stats(&self, kind: StageKind) -> &Stats {
-        match kind {
-            StageKind::Market => &self.pipeline.market.stats,
-            StageKind::Signals => &self.pipeline.signals.stats,
-            StageKind::Portfolio => &self.pipeline.manager.stats,
-            StageKind::Projections => &self.pipeline.projections.stats,
-            StageKind::Notify => Stage::stats(self.delivery.as_ref().expect("notify stage")),
+    fn stage_stats(&self, m: &Member) -> &Stats {
+        match (&self.delivery, m.delivery) {
+            (Some(d), true) => Stage::stats(d),
+            _ => self.pipeline.stage(m.name).expect("a member of the topology").stats(),
         }
     }
-}
 
-fn stage_of(p: &mut Pipeline, kind: StageKind) -> &mut dyn Stage {
-    match kind {
-        StageKind::Market => &mut p.market,
-        StageKind::Signals => &mut p.signals,
-        StageKind::Portfolio => &mut p.manager,
-        StageKind::Projections => &mut p.projections,
-        StageKind::Notify => unreachable!("the notify stage is not part of the pipeline"),
+    /// A stage's counters so far (the delivery stage's too), by name.
+    pub fn stats(&self, stage: &str) -> Option<&Stats> {
+        self.members.iter().find(|m| m.name == stage).map(|m| self.stage_stats(m))
     }
 }
 
@@ -1007,16 +1009,40 @@ mod tests {
 
     #[test]
     fn services_parse_in_flow_order_and_risk_is_refused_with_the_reason() {
+        let shipped = Topology::shipped();
         assert_eq!(
-            StageKind::parse_list("projections, market,signals,market").unwrap(),
-            vec![StageKind::Market, StageKind::Signals, StageKind::Projections]
+            parse_services(&shipped, "projections, market,signals,market").unwrap(),
+            vec!["market", "signals", "projections"]
         );
-        assert_eq!(StageKind::parse_list("notify").unwrap(), vec![StageKind::Notify]);
-        let e = StageKind::parse_list("market,risk").unwrap_err();
+        assert_eq!(parse_services(&shipped, "notify,portfolio").unwrap(), vec!["portfolio", "notify"]);
+        let e = parse_services(&shipped, "market,risk").unwrap_err();
         assert!(e.contains("inside `portfolio`"), "{e}");
-        let e = StageKind::parse_list("bars").unwrap_err();
-        assert!(e.contains("unknown service `bars`"), "{e}");
-        assert!(StageKind::parse_list(" , ").is_err());
+        let e = parse_services(&shipped, "bars").unwrap_err();
+        assert_eq!(
+            e,
+            "--services: unknown service `bars` (known: market, signals, portfolio, projections, notify)"
+        );
+        assert!(parse_services(&shipped, " , ").is_err());
+    }
+
+    #[test]
+    fn services_of_a_users_topology_are_its_stage_names() {
+        use horizon_core::topology::{StageSpec, TopicSpec};
+        let t = Topology::shipped()
+            .topic(TopicSpec {
+                name: "alerts",
+                partitions: 2,
+                key: "symbol",
+                holds: "alerts",
+            })
+            .stage(StageSpec::read_model("risk", &[horizon_core::topics::RISK], |s| {
+                Ok(horizon_core::projections::ProjectionService::from_scenario(s))
+            }));
+        // A stage of its own called `risk` is that stage, not the shipped refusal (parsing only:
+        // the stage is never built).
+        assert_eq!(parse_services(&t, "risk,market").unwrap(), vec!["market", "risk"]);
+        let e = parse_services(&t, "alerts").unwrap_err();
+        assert!(e.ends_with("(known: market, signals, portfolio, projections, risk, notify)"), "{e}");
     }
 
     #[test]

@@ -9,10 +9,11 @@ use horizon_core::bus::{partition_for, BusError, Consumer, Polled, Producer, Rec
 use horizon_core::event::{root_id, Event, Payload, Side, Trade};
 use horizon_core::market::{MarketConfig, MarketService};
 use horizon_core::memory::MemoryBus;
-use horizon_core::processor::{decode_dead_letter, Processor, StepOutcome};
+use horizon_core::processor::{decode_dead_letter, Processor, Routes, StepOutcome};
 use horizon_core::service::Service;
 use horizon_core::time::Timestamp;
 use horizon_core::topics;
+use horizon_core::topology::Topology;
 use horizon_runtime::kafka::{admin, KafkaConfig, KafkaConsumer, KafkaProducer};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -74,7 +75,10 @@ fn bootstrap() -> &'static str {
 fn config() -> KafkaConfig {
     static READY: OnceLock<()> = OnceLock::new();
     let b = bootstrap();
-    READY.get_or_init(|| admin::create_topics(b, &BTreeMap::new(), 1, None).unwrap_or_else(|e| panic!("create_topics on {b}: {e}")));
+    READY.get_or_init(|| {
+        admin::create_topics(b, &BTreeMap::new(), Topology::shipped().topics(), 1, None)
+            .unwrap_or_else(|e| panic!("create_topics on {b}: {e}"))
+    });
     KafkaConfig::new(b)
 }
 
@@ -119,7 +123,7 @@ fn keyed_records_land_on_their_partition_and_a_new_member_resumes_after_the_comm
     let group = unique("resume");
     let marker = unique("key");
     // A new group starts at the current end, so only this run's records are ahead of it.
-    let start: BTreeMap<TopicPartition, u64> = admin::commit_group_at_end(&cfg, &group, &[topics::MARKET_FEED])
+    let start: BTreeMap<TopicPartition, u64> = admin::commit_group_at_end(&cfg, &Topology::shipped(), &group, &[topics::MARKET_FEED])
         .unwrap()
         .into_iter()
         .collect();
@@ -456,7 +460,7 @@ fn the_processing_loop_runs_unchanged_on_kafka() {
 
     // The same loop on Kafka.
     let group = unique("market");
-    admin::commit_group_at_end(&cfg, &group, memory.service().inputs()).unwrap();
+    admin::commit_group_at_end(&cfg, &Topology::shipped(), &group, memory.service().inputs()).unwrap();
     let mut kp = KafkaProducer::new(&cfg).unwrap();
     let mut kc = KafkaConsumer::new(&cfg, &group, memory.service().inputs()).unwrap();
     let feed_tp = TopicPartition {
@@ -541,7 +545,7 @@ fn flush_reports_unavailable_within_its_bound_when_the_broker_is_down() {
             Err(e) => panic!("{e}"),
         }
     };
-    admin::create_topics(&b, &BTreeMap::new(), 1, None).unwrap();
+    admin::create_topics(&b, &BTreeMap::new(), Topology::shipped().topics(), 1, None).unwrap();
 
     let mut cfg = KafkaConfig::new(&b);
     cfg.flush_timeout = Duration::from_secs(10);
@@ -644,7 +648,7 @@ fn an_output_over_the_topics_size_limit_is_dead_lettered_alone_and_the_rest_of_i
     let target = scratch_topic("refused-broker", 1, &[("max.message.bytes", "2000")]);
     let cfg = config();
     let group = unique("forward");
-    admin::commit_group_at_end(&cfg, &group, &[topics::MARKET_FEED]).unwrap();
+    admin::commit_group_at_end(&cfg, &Topology::shipped(), &group, &[topics::MARKET_FEED]).unwrap();
     let marker = unique("fw");
     let ids = [
         format!("{marker}-1"),
@@ -683,7 +687,9 @@ fn an_output_over_the_topics_size_limit_is_dead_lettered_alone_and_the_rest_of_i
     }
     producer.flush().unwrap();
     // When the loop forwards them in one batch
-    let mut p = Processor::new(Forward { marker, target });
+    // (Routes of its own: the scratch topic is no shipped topic, so no standalone route.)
+    let routes = Routes::new(vec![(target, 1), (topics::DEADLETTER, 1)], vec![topics::MARKET_FEED]);
+    let mut p = Processor::with_routes(Forward { marker, target }, routes);
     let mut consumer = KafkaConsumer::new(&cfg, &group, &[topics::MARKET_FEED]).unwrap();
     until("the three trades forwarded or dead-lettered", || {
         match p.step(&mut consumer, &mut producer, 100).unwrap() {
@@ -722,4 +728,55 @@ fn a_topic_that_does_not_exist_is_unknown_not_unavailable() {
     let res = producer.send(topic, 0, b"k", b"x").and_then(|()| producer.flush());
     // Then the error says so and is not retried as an outage
     assert!(matches!(res, Err(BusError::UnknownTopic(_))), "{res:?}");
+}
+
+/// A topic of a user's topology, not one of the shipped: created from its `TopicSpec`, its
+/// assignment and records arrive under its own name (the consumer maps the broker's names by
+/// what it subscribed to, not by the shipped list).
+#[test]
+fn a_users_topic_is_created_from_its_topology_and_consumed_by_name() {
+    const ALERTS: Topic = "rt.alerts";
+    let topology = Topology::shipped().topic(horizon_core::topology::TopicSpec {
+        name: ALERTS,
+        partitions: 2,
+        key: "symbol",
+        holds: "a test's alerts",
+    });
+    let cfg = config();
+    admin::create_topics(bootstrap(), &BTreeMap::new(), topology.topics(), 1, None).unwrap();
+    let group = unique("alerts");
+    let start: BTreeMap<TopicPartition, u64> = admin::commit_group_at_end(&cfg, &topology, &group, &[ALERTS])
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(start.len(), 2);
+    let marker = unique("alert");
+    let mut producer = KafkaProducer::new(&cfg).unwrap();
+    producer.send(ALERTS, 1, marker.as_bytes(), b"raised").unwrap();
+    producer.flush().unwrap();
+
+    let mut c = KafkaConsumer::new(&cfg, &group, &[ALERTS]).unwrap();
+    let assigned = await_assignment(&mut c);
+    assert_eq!(
+        assigned,
+        (0..2)
+            .map(|partition| TopicPartition { topic: ALERTS, partition })
+            .collect::<Vec<_>>()
+    );
+    let got = until("the alert", || match c.poll(100).unwrap() {
+        Polled::Records(rs) => rs.into_iter().find(|r| key_of(r) == marker),
+        _ => None,
+    });
+    assert_eq!((got.topic, got.partition, &got.value[..]), (ALERTS, 1, &b"raised"[..]));
+    assert_eq!(
+        got.offset,
+        start[&TopicPartition {
+            topic: ALERTS,
+            partition: 1
+        }]
+    );
+
+    // A topic the topology does not declare is named in the error.
+    let e = admin::commit_group_at_end(&cfg, &Topology::shipped(), &group, &[ALERTS]).unwrap_err();
+    assert!(e.to_string().contains("rt.alerts"), "{e}");
 }

@@ -12,9 +12,10 @@ use horizon_core::pipeline::MemoryRun;
 use horizon_core::processor::decode_dead_letter;
 use horizon_core::scenario::Scenario;
 use horizon_core::time::Timestamp;
+use horizon_core::topology::Topology;
 use horizon_core::{topics, Fixed};
 use horizon_runtime::kafka::{admin, KafkaConfig, KafkaConsumer, KafkaProducer};
-use horizon_runtime::service::{ServiceOptions, ServiceProcess, StageKind};
+use horizon_runtime::service::{ServiceOptions, ServiceProcess};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
@@ -112,11 +113,11 @@ fn without_field(bytes: &[u8], field: u64) -> Vec<u8> {
 /// starts at the end of `market.feed`; with the run's nanoseconds, for unique markers.
 fn market_group_at_end(what: &str) -> (KafkaConfig, String, u128) {
     let b = bootstrap();
-    admin::create_topics(&b, &BTreeMap::new(), 1, None).unwrap();
+    admin::create_topics(&b, &BTreeMap::new(), Topology::shipped().topics(), 1, None).unwrap();
     let cfg = KafkaConfig::new(b.as_str());
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
     let prefix = format!("rt-{what}-{}-{nanos}", std::process::id());
-    admin::commit_group_at_end(&cfg, &format!("{prefix}.market"), &[topics::MARKET_FEED]).unwrap();
+    admin::commit_group_at_end(&cfg, &Topology::shipped(), &format!("{prefix}.market"), &[topics::MARKET_FEED]).unwrap();
     (cfg, prefix, nanos)
 }
 
@@ -127,9 +128,15 @@ type MarketRun = std::thread::JoinHandle<(horizon_runtime::service::ServiceRepor
 fn run_market(cfg: &KafkaConfig, prefix: &str, stop: &Arc<AtomicBool>, shared: &horizon_runtime::api::SharedSnapshot) -> MarketRun {
     let (cfg, prefix, stop, shared) = (cfg.clone(), prefix.to_string(), Arc::clone(stop), shared.clone());
     std::thread::spawn(move || {
-        let mut p = ServiceProcess::new(&scenario(), &cfg, ServiceOptions::new(vec![StageKind::Market], prefix)).unwrap();
+        let mut p = ServiceProcess::new(
+            &Topology::shipped(),
+            &scenario(),
+            &cfg,
+            ServiceOptions::new(vec![horizon_core::market::NAME], prefix),
+        )
+        .unwrap();
         let report = p.run(&stop, Some(&shared)).unwrap();
-        (report, p.pipeline.market.stats.clone())
+        (report, p.stats(horizon_core::market::NAME).unwrap().clone())
     })
 }
 
@@ -322,4 +329,109 @@ fn a_poison_record_too_large_to_dead_letter_whole_is_dead_lettered_by_prefix_and
     let (report, stats) = service.join().unwrap();
     assert_eq!((stats.records_in, stats.dead_letters), (2, 1), "{report:?}");
     assert!(report.unsettled_at_exit.is_empty(), "{report:?}");
+}
+
+/// A user's stage: forwards the feed trades whose id starts with `alert-` to a topic of its own.
+struct Alerter;
+
+const ALERTS: horizon_core::bus::Topic = "rt.service.alerts";
+
+impl horizon_core::service::Service for Alerter {
+    type State = ();
+    fn name(&self) -> &'static str {
+        "alerts"
+    }
+    fn inputs(&self) -> &'static [horizon_core::bus::Topic] {
+        &[topics::MARKET_FEED]
+    }
+    fn handle(
+        &self,
+        _state: &mut (),
+        event: &Event,
+        out: &mut Vec<horizon_core::service::Output>,
+    ) -> Result<(), horizon_core::service::Rejection> {
+        if matches!(&event.payload, horizon_core::event::Payload::Trade(t) if t.trade_id.starts_with("alert-")) {
+            out.push(horizon_core::service::Output {
+                topic: ALERTS,
+                key: event.aggregate_id.clone(),
+                event: event.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_users_topology_runs_its_own_stage_and_topic_on_kafka() {
+    let _serial = serial();
+    // Given the shipped topology plus a stage of a user's, publishing to a topic of its own
+    let topology = Topology::shipped()
+        .named("with-alerts")
+        .topic(horizon_core::topology::TopicSpec {
+            name: ALERTS,
+            partitions: 2,
+            key: "symbol",
+            holds: "the test's alerts",
+        })
+        .stage(horizon_core::topology::StageSpec::service(
+            "alerts",
+            &[topics::MARKET_FEED],
+            &[ALERTS],
+            |_| Ok(Alerter),
+        ));
+    let b = bootstrap();
+    admin::create_topics(&b, &BTreeMap::new(), topology.topics(), 1, None).unwrap();
+    let cfg = KafkaConfig::new(b.as_str());
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let prefix = format!("rt-alerts-{}-{nanos}", std::process::id());
+    admin::commit_group_at_end(&cfg, &topology, &format!("{prefix}.alerts"), &[topics::MARKET_FEED]).unwrap();
+    let reader_group = format!("{prefix}.reader");
+    admin::commit_group_at_end(&cfg, &topology, &reader_group, &[ALERTS]).unwrap();
+    let stages = horizon_runtime::service::parse_services(&topology, "alerts").unwrap();
+    assert_eq!(stages, vec!["alerts"]);
+
+    // When `horizon run --services alerts` of that topology runs and a matching trade is fed
+    let stop = Arc::new(AtomicBool::new(false));
+    let shared = horizon_runtime::api::SharedSnapshot::default();
+    let service = {
+        let (cfg, topology, stop, shared) = (cfg.clone(), topology.clone(), Arc::clone(&stop), shared.clone());
+        std::thread::spawn(move || {
+            let mut p = ServiceProcess::new(&topology, &scenario(), &cfg, ServiceOptions::new(stages, prefix)).unwrap();
+            let report = p.run(&stop, Some(&shared)).unwrap();
+            (report, p.stats("alerts").unwrap().clone())
+        })
+    };
+    let alert = trade(&format!("alert-{nanos}"), Fixed::from_int(60_000), Fixed::ONE);
+    let mut producer = KafkaProducer::new(&cfg).unwrap();
+    let key = alert.aggregate_id.as_bytes();
+    producer
+        .send(
+            topics::MARKET_FEED,
+            partition_for(key, topics::partitions(topics::MARKET_FEED)),
+            key,
+            &alert.encode(),
+        )
+        .unwrap();
+    producer.flush().unwrap();
+
+    // Then the alert is on the user's topic, on its key's partition, under the topic's own name
+    let mut reader = KafkaConsumer::new(&cfg, &reader_group, &[ALERTS]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let got = loop {
+        assert!(Instant::now() < deadline, "no alert on {ALERTS}");
+        if let horizon_core::bus::Polled::Records(rs) = reader.poll(100).unwrap() {
+            if let Some(r) = rs.into_iter().find(|r| Event::decode(&r.value).is_ok_and(|e| e.id == alert.id)) {
+                break r;
+            }
+        }
+    };
+    assert_eq!((got.topic, got.partition), (ALERTS, partition_for(key, 2)));
+    stop.store(true, Ordering::SeqCst);
+    let (report, stats) = service.join().unwrap();
+    assert!(stats.outputs >= 1, "{report:?}");
+    assert!(report.unsettled_at_exit.is_empty(), "{report:?}");
+    // No projections in this process: the query snapshot has its stage's counters and no views
+    let snapshot = shared.get();
+    assert_eq!(snapshot.stages, vec!["alerts".to_string()]);
+    assert!(snapshot.digests.is_none());
 }

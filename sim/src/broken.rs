@@ -18,18 +18,17 @@
 //!   retries a refused publish as if the broker were down (what `horizon run` did before issue
 //!   17): one record over the producer's limit stops it for good.
 
-use crate::services::Stages;
 use horizon_core::bus::{BusError, Consumer, Polled, Producer, Record, Topic, TopicPartition};
 use horizon_core::event::{Event, Payload, RebalanceReason};
 use horizon_core::fixed::Fixed;
-use horizon_core::pipeline::{Pipeline, Stage};
+use horizon_core::pipeline::Stage;
 use horizon_core::portfolio::{Portfolio, PortfolioConfig};
 use horizon_core::processor::{decode_dead_letter, DEAD_LETTER_ORIGINAL_BYTES_MAX};
-use horizon_core::processor::{Processor, Stats, StepOutcome};
-use horizon_core::scenario::Scenario;
+use horizon_core::processor::{Stats, StepOutcome};
 use horizon_core::service::{Output, Rejection, Service};
 use horizon_core::signals::{SignalConfig, SignalService, SymbolSignals};
 use horizon_core::topics;
+use horizon_core::topology::{StageSpec, Topology};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
@@ -79,39 +78,44 @@ impl Broken {
         Broken::ALL.into_iter().find(|b| b.name() == name)
     }
 
-    /// The production stages with this one mistake in them.
-    pub fn build(self, s: &Scenario) -> Stages {
-        let p = Pipeline::new(s);
-        let market: Box<dyn Stage> = match self {
-            Broken::CommitFirst => Box::new(CommitFirst {
-                inner: Box::new(p.market),
-                held: Vec::new(),
+    /// The shipped topology with this one mistake in it, named after it.
+    pub fn topology(self) -> Topology {
+        let t = Topology::shipped().named(self.name());
+        let market = horizon_core::market::NAME;
+        let signals = horizon_core::signals::NAME;
+        let manager = horizon_core::manager::NAME;
+        match self {
+            Broken::CommitFirst => t.map_stage(market, |spec| spec.wrap(|inner| Box::new(CommitFirst { inner, held: Vec::new() }))),
+            Broken::NoRestore => t.map_stage(market, |spec| spec.wrap(|inner| Box::new(NoRestore { inner }))),
+            Broken::WholeDeadLetter => t.map_stage(market, |spec| {
+                spec.wrap(|inner| {
+                    Box::new(WholeDeadLetter {
+                        inner,
+                        large: RefCell::new(BTreeMap::new()),
+                    })
+                })
             }),
-            Broken::NoRestore => Box::new(NoRestore { inner: Box::new(p.market) }),
-            Broken::WholeDeadLetter => Box::new(WholeDeadLetter {
-                inner: Box::new(p.market),
-                large: RefCell::new(BTreeMap::new()),
+            Broken::NoDedup => t.map_stage(signals, |spec| {
+                StageSpec::service(spec.name, spec.inputs, spec.outputs, |s| {
+                    Ok(NoDedupSignals {
+                        inner: SignalService::new(SignalConfig::from_scenario(s)),
+                    })
+                })
             }),
-            _ => Box::new(p.market),
-        };
-        let signals: Box<dyn Stage> = match self {
-            Broken::NoDedup => Box::new(Processor::new(NoDedupSignals {
-                inner: SignalService::new(SignalConfig::from_scenario(s)),
-            })),
-            Broken::HashOrder => Box::new(Processor::new(HashOrderSignals {
-                inner: SignalService::new(SignalConfig::from_scenario(s)),
-            })),
-            _ => Box::new(p.signals),
-        };
-        let manager: Box<dyn Stage> = match self {
-            Broken::ArrivalOrder => Box::new(Processor::new(ArrivalOrderManager {
-                config: PortfolioConfig::from_scenario(s),
-            })),
-            _ => Box::new(p.manager),
-        };
-        Stages {
-            work: [market, signals, manager],
-            projections: Box::new(p.projections),
+            Broken::HashOrder => t.map_stage(signals, |spec| {
+                StageSpec::service(spec.name, spec.inputs, spec.outputs, |s| {
+                    Ok(HashOrderSignals {
+                        inner: SignalService::new(SignalConfig::from_scenario(s)),
+                    })
+                })
+            }),
+            Broken::ArrivalOrder => t.map_stage(manager, |spec| {
+                StageSpec::service(spec.name, spec.inputs, spec.outputs, |s| {
+                    Ok(ArrivalOrderManager {
+                        config: PortfolioConfig::from_scenario(s),
+                    })
+                })
+            }),
         }
     }
 }
@@ -221,6 +225,9 @@ impl CommitFirst {
 }
 
 impl Stage for CommitFirst {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        self.inner.as_any()
+    }
     fn name(&self) -> &'static str {
         self.inner.name()
     }
@@ -323,6 +330,9 @@ impl Producer for Inflating<'_> {
 }
 
 impl Stage for WholeDeadLetter {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        self.inner.as_any()
+    }
     fn name(&self) -> &'static str {
         self.inner.name()
     }
@@ -446,6 +456,9 @@ pub struct NoRestore {
 }
 
 impl Stage for NoRestore {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        self.inner.as_any()
+    }
     fn name(&self) -> &'static str {
         self.inner.name()
     }

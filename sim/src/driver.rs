@@ -1,9 +1,8 @@
 //! The driver: runs a deployment of processes over the simulated broker in virtual time.
 //!
-//! Each process runs every stage (market, signals, portfolio, projections) through the
-//! production processing loop, like `horizon run` started on several machines: the market,
-//! signals and portfolio groups have one member per process, and each process keeps its own
-//! projections replica in its own group. Virtual time jumps from event to event (the gateway's
+//! Each process runs every stage of the topology through the production processing loop, like
+//! `horizon run` started on several machines: a working stage's group has one member per
+//! process, and each process keeps its own copy of every read replica in a group of its own. Virtual time jumps from event to event (the gateway's
 //! publications, deliveries, steps, faults); nothing sleeps. A step costs virtual time in
 //! proportion to the records it handled; a `Retry` backs off exponentially in virtual time.
 //!
@@ -13,15 +12,17 @@
 use crate::feed::Feed;
 use crate::profile::FaultProfile;
 use crate::schedule::{Fault, Schedule};
-use crate::services::{Replica, Services, Stages};
+use crate::services::Stages;
 use crate::trace::format_ns;
-use crate::world::{Counters, Ev, Outgoing, SimConsumer, SimProducer, Who, World, WorldConfig, STAGES};
+use crate::world::{Counters, Ev, Outgoing, SimConsumer, SimProducer, StagePlan, Who, World, WorldConfig};
 use bytes::Bytes;
 use horizon_core::bus::partition_for;
 use horizon_core::memory::Broker;
+use horizon_core::pipeline::Stage;
 use horizon_core::processor::{Stats, StepOutcome};
 use horizon_core::scenario::Scenario;
 use horizon_core::topics;
+use horizon_core::topology::Topology;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
@@ -40,7 +41,7 @@ const MS: u64 = 1_000_000;
 /// Everything a run is a function of.
 pub struct RunSpec<'a> {
     pub scenario: &'a Scenario,
-    pub services: Services,
+    pub topology: &'a Topology,
     /// Concrete: a swarm profile already resolved for the seed.
     pub profile: &'a FaultProfile,
     pub schedule: &'a Schedule,
@@ -54,8 +55,8 @@ pub struct RunSpec<'a> {
 /// What a run left behind, for the invariants.
 pub struct Finished {
     pub broker: Broker,
-    /// The projections replica of every process of the deployment, by process.
-    pub replicas: Vec<(usize, Box<dyn Replica>)>,
+    /// The read replicas of every process of the deployment (in flow order), by process.
+    pub replicas: Vec<(usize, Vec<Box<dyn Stage>>)>,
     pub trace_digest: String,
     pub trace_entries: u64,
     pub lines: Vec<String>,
@@ -75,7 +76,7 @@ struct Driver<'a> {
     spec: &'a RunSpec<'a>,
     world: RefCell<World>,
     stages: Vec<Option<Stages>>,
-    batches: Vec<[Vec<Outgoing>; STAGES]>,
+    batches: Vec<Vec<Vec<Outgoing>>>,
     base: usize,
     /// Fault index → process slot, for scale-outs.
     scale_slot: BTreeMap<usize, usize>,
@@ -89,12 +90,22 @@ struct Driver<'a> {
 pub fn simulate(spec: &RunSpec) -> Finished {
     let base = spec.profile.processes as usize;
     let total = base + spec.schedule.scale_outs();
-    let mut first = spec.services.build(spec.scenario);
-    let inputs = [first.inputs(0), first.inputs(1), first.inputs(2), first.inputs(3)];
+    let first = Stages::build(spec.topology, spec.scenario);
+    let plans: Vec<StagePlan> = spec
+        .topology
+        .stages()
+        .iter()
+        .map(|s| StagePlan {
+            name: s.name,
+            inputs: s.inputs,
+            replica: s.replica,
+        })
+        .collect();
     let world = World::new(WorldConfig {
         seed: spec.seed,
         slots: total,
-        inputs,
+        stages: &plans,
+        topics: spec.topology.topics(),
         protocol: spec.profile.protocol,
         max_poll_records: spec.profile.max_poll_records as usize,
         delivery: spec.schedule.delivery,
@@ -114,7 +125,7 @@ pub fn simulate(spec: &RunSpec) -> Finished {
         spec,
         world: RefCell::new(world),
         stages: (0..total).map(|_| None).collect(),
-        batches: (0..total).map(|_| Default::default()).collect(),
+        batches: (0..total).map(|_| (0..plans.len()).map(|_| Vec::new()).collect()).collect(),
         base,
         scale_slot,
         cursor: 0,
@@ -149,7 +160,7 @@ impl Driver<'_> {
             w.queue.push(heal_ns, Ev::Heal);
         }
         for p in 1..self.base {
-            self.stages[p] = Some(self.spec.services.build(self.spec.scenario));
+            self.stages[p] = Some(Stages::build(self.spec.topology, self.spec.scenario));
         }
         let mut stuck = None;
         let mut loop_error = None;
@@ -192,13 +203,13 @@ impl Driver<'_> {
         let mut stats: BTreeMap<&'static str, Stats> = BTreeMap::new();
         let mut replicas = Vec::new();
         for (p, st) in self.stages.into_iter().enumerate() {
-            let Some(mut st) = st else { continue };
+            let Some(st) = st else { continue };
             for (name, s) in st.stats() {
                 let total = stats.entry(name).or_default();
                 add_stats(total, &s);
             }
             if p < self.base {
-                replicas.push((p, st.projections));
+                replicas.push((p, st.into_replicas()));
             }
         }
         Finished {
@@ -237,7 +248,7 @@ impl Driver<'_> {
                     let now = w.now;
                     w.trace.entry(40, &[now, p as u64]);
                     w.trace.line(now, || format!("process p{p} resumes"));
-                    for s in 0..STAGES {
+                    for s in 0..w.stage_names.len() {
                         w.wake(p, s);
                     }
                 }
@@ -246,7 +257,7 @@ impl Driver<'_> {
                 let p = p as usize;
                 if self.world.borrow().procs[p].up {
                     self.stages[p] = None;
-                    self.batches[p] = Default::default();
+                    self.batches[p].iter_mut().for_each(Vec::clear);
                     self.world.borrow_mut().retire(p);
                 }
             }
@@ -276,8 +287,8 @@ impl Driver<'_> {
             return;
         }
         let (items, raw) = (&self.spec.feed.items, &self.spec.feed.raw);
-        let parts = topics::partitions(topics::MARKET_FEED);
-        let base = w.layout.topic_partitions(0).start;
+        let feed = w.layout.partitions_of(topics::MARKET_FEED);
+        let (base, parts) = (feed.start, feed.len() as u32);
         let publish = |w: &mut World, key: &[u8], value: Bytes| {
             if w.gateway_refuses(key.len() + value.len()) {
                 return;
@@ -341,7 +352,8 @@ impl Driver<'_> {
         batch.clear();
         self.batches[p][s] = batch;
         let crashes = {
-            let mut w = self.world.borrow_mut();
+            let mut guard = self.world.borrow_mut();
+            let w = &mut *guard;
             let now = w.now;
             match outcome {
                 Ok(StepOutcome::Progress(n)) => {
@@ -365,11 +377,16 @@ impl Driver<'_> {
                     slot.backoff_ns = (slot.backoff_ns * 2).clamp(BACKOFF_MIN_NS, BACKOFF_MAX_NS);
                     let backoff = slot.backoff_ns;
                     w.trace.entry(32, &[now, p as u64, s as u64, backoff]);
-                    w.trace
-                        .line(now, || format!("{:<16} retry in {} ms: {e}", World::who(p, s), backoff / MS));
+                    w.trace.line(now, || {
+                        format!(
+                            "{:<16} retry in {} ms: {e}",
+                            crate::world::stage_label(&w.stage_names, p, s),
+                            backoff / MS
+                        )
+                    });
                     w.schedule_step(p, s, now + backoff);
                 }
-                Err(e) => return Err(format!("{} at {}: {e}", World::who(p, s), format_ns(now))),
+                Err(e) => return Err(format!("{} at {}: {e}", w.who(p, s), format_ns(now))),
             }
             std::mem::take(&mut w.crash_requests)
         };
@@ -386,11 +403,11 @@ impl Driver<'_> {
         if let Some(mut st) = self.stages[p].take() {
             // What a dying process keeps: nothing. (`crash` first, as the loop's own API says,
             // then the whole process goes, service objects and all.)
-            for s in 0..STAGES {
+            for s in 0..st.len() {
                 st.stage(s).crash();
             }
         }
-        self.batches[p] = Default::default();
+        self.batches[p].iter_mut().for_each(Vec::clear);
         let mut w = self.world.borrow_mut();
         w.process_died(p, self.session_ns);
         let at = w.now + down_ns;
@@ -405,7 +422,7 @@ impl Driver<'_> {
         if up || retired {
             return;
         }
-        self.stages[p] = Some(self.spec.services.build(self.spec.scenario));
+        self.stages[p] = Some(Stages::build(self.spec.topology, self.spec.scenario));
         self.world.borrow_mut().join_all(p);
     }
 
@@ -438,7 +455,7 @@ impl Driver<'_> {
             Fault::Outage { for_ms, .. } => self.world.borrow_mut().start_outage(for_ms * MS),
             Fault::ScaleOut { for_ms, .. } => {
                 let p = self.scale_slot[&i];
-                self.stages[p] = Some(self.spec.services.build(self.spec.scenario));
+                self.stages[p] = Some(Stages::build(self.spec.topology, self.spec.scenario));
                 let mut w = self.world.borrow_mut();
                 w.join_all(p);
                 let at = w.now + for_ms * MS;

@@ -1,31 +1,36 @@
 //! The invariants every run is checked against, named so a Kafka engineer recognises them.
 //!
 //! - `lost-write`: something published was never applied where it should have been: a record
-//!   on a topic the projections consume is missing from a replica's audit trail, a valid feed
-//!   trade never reached its bar, a bar never produced its signal.
+//!   on a topic a read replica consumes is missing from its read model (the projections' audit
+//!   trail, a user's `ReadModel::applied`), a valid feed trade never reached its bar, a bar
+//!   never produced its signal, an invalid record has no dead letter.
 //! - `double-apply`: an effect applied twice: one event id published with two different
 //!   contents, one logical effect (a bar, a signal, a rebalance, a risk crossing, a
-//!   notification) published under two ids, a bar counting a trade twice, a projection counting
-//!   an event twice.
-//! - `non-convergent`: a replica's final projection digests differ from the fault-free
+//!   notification) published under two ids, a bar counting a trade twice, a read model counting
+//!   an event twice (`ReadModel::tallies`).
+//! - `non-convergent`: a replica's final read-model digests differ from the fault-free
 //!   reference run of the same scenario, seed and feed.
 //! - `non-deterministic`: the same seed and schedule ran twice gave two trace digests.
-//! - `rebuild-mismatch`: projections rebuilt by replaying the final log from offset 0 differ
+//! - `rebuild-mismatch`: read models rebuilt by replaying the final log from offset 0 differ
 //!   from the live replica.
+//!
+//! The replica checks hold for every read replica of the topology, a user's included; the
+//! checks of the log (ids, effects, bars, dead letters) are of the shipped topics.
 //! - `stuck`: after the faults ended, the deployment did not consume everything within the
 //!   heal budget.
 //! - `loop-error`: a processing loop returned a non-retriable error; `panic`: code panicked.
 
 use crate::driver::Finished;
-use crate::services::{drain, NoProducer, Replica, Services};
+use crate::services::{drain, NoProducer, Stages};
 use horizon_core::bus::{BusError, Consumer, Polled, Record, TopicPartition};
 use horizon_core::event::{Event, Payload};
 use horizon_core::memory::Broker;
+use horizon_core::pipeline::{ReadDigests, Stage};
 use horizon_core::processor::decode_dead_letter;
-use horizon_core::projections::Digests;
 use horizon_core::scenario::Scenario;
 use horizon_core::time::Timestamp;
 use horizon_core::topics;
+use horizon_core::topology::Topology;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -164,9 +169,32 @@ fn read_log(broker: &Broker) -> Log {
     }
 }
 
-/// Checks a finished run. `reference` is the fault-free run's digests on the same feed.
-/// Returns the violations and each replica's digests.
-pub fn check(f: &mut Finished, scenario: &Scenario, services: Services, reference: &Digests) -> (Vec<Violation>, Vec<(usize, Digests)>) {
+/// A process's read replicas' digests, reusing those of an earlier process (in `computed`)
+/// whose replicas hold equal state: digests are a function of the state.
+fn replica_digests(replicas: &[Box<dyn Stage>], computed: &[(&[Box<dyn Stage>], ReadDigests)]) -> ReadDigests {
+    let same = |a: &[Box<dyn Stage>], b: &[Box<dyn Stage>]| {
+        a.len() == b.len()
+            && a.iter().zip(b).all(|(x, y)| match (x.read_replica(), y.read_replica()) {
+                (Some(x), Some(y)) => x.same_state(y),
+                _ => false,
+            })
+    };
+    for (other, d) in computed {
+        if same(replicas, other) {
+            return d.clone();
+        }
+    }
+    ReadDigests::of(replicas.iter().map(|r| r.as_ref()))
+}
+
+/// Checks a finished run of `topology`. `reference` is the fault-free run's digests on the
+/// same feed. Returns the violations and each process's replica digests.
+pub fn check(
+    f: &mut Finished,
+    scenario: &Scenario,
+    topology: &Topology,
+    reference: &ReadDigests,
+) -> (Vec<Violation>, Vec<(usize, ReadDigests)>) {
     let mut out = Findings::default();
     if let Some(s) = &f.stuck {
         out.add(Invariant::Stuck, || s.clone());
@@ -176,86 +204,51 @@ pub fn check(f: &mut Finished, scenario: &Scenario, services: Services, referenc
     }
     let log = read_log(&f.broker);
     check_log(&log, scenario, &mut out);
-    let replica_inputs: BTreeSet<&str> = [
-        topics::MARKET_FEED,
-        topics::BARS,
-        topics::SIGNALS,
-        topics::RISK,
-        topics::PORTFOLIO,
-        topics::NOTIFICATIONS,
-    ]
-    .into_iter()
-    .collect();
-    let rebuilt = rebuild(&mut f.broker, scenario, services);
-    // Digests are a function of the projections: equal projections need no second digest.
-    let mut computed: Vec<(usize, Digests)> = Vec::new();
-    let digests_of = |r: &dyn Replica, computed: &[(usize, Digests)], replicas: &[(usize, Box<dyn Replica>)]| -> Digests {
-        for (q, d) in computed {
-            let other = replicas.iter().find(|(p, _)| p == q).map(|(_, r)| r.projections());
-            if let (Some(a), Some(b)) = (other.flatten(), r.projections()) {
-                if a == b {
-                    return d.clone();
-                }
-            }
+    let rebuilt = rebuild(&mut f.broker, scenario, topology);
+    let mut computed: Vec<(&[Box<dyn Stage>], ReadDigests)> = Vec::new();
+    let mut result = Vec::new();
+    for (p, replicas) in &f.replicas {
+        let digests = replica_digests(replicas, &computed);
+        for r in replicas {
+            check_replica(*p, r.as_ref(), &log, &mut out);
         }
-        r.digests()
-    };
-    for (p, replica) in &f.replicas {
-        let digests = digests_of(replica.as_ref(), &computed, &f.replicas);
-        computed.push((*p, digests.clone()));
-        check_replica(*p, replica.as_ref(), &log, &replica_inputs, &mut out);
-        let differing = differing_parts(&digests, reference);
+        let differing = digests.differing(reference);
         if !differing.is_empty() {
             out.add(Invariant::NonConvergent, || {
                 format!(
                     "replica p{p}: {} digest differs from the fault-free reference ({} vs {})",
                     differing.join(", "),
-                    digests.all,
-                    reference.all
+                    short(&digests.all),
+                    short(&reference.all)
                 )
             });
         }
         match &rebuilt {
             Ok(r) => {
-                let same = matches!((r.projections(), replica.projections()), (Some(a), Some(b)) if a == b);
-                let rebuilt_digests = if same { digests.clone() } else { r.digests() };
-                let r = &rebuilt_digests;
-                let differing = differing_parts(&digests, r);
+                let r = replica_digests(r, &[(replicas.as_slice(), digests.clone())]);
+                let differing = digests.differing(&r);
                 if !differing.is_empty() {
                     out.add(Invariant::RebuildMismatch, || {
                         format!(
-                            "replica p{p}: {} differs from the projections rebuilt from offset 0 ({} vs {})",
+                            "replica p{p}: {} differs from the read models rebuilt from offset 0 ({} vs {})",
                             differing.join(", "),
-                            digests.all,
-                            r.all
+                            short(&digests.all),
+                            short(&r.all)
                         )
                     });
                 }
             }
             Err(e) => out.add(Invariant::RebuildMismatch, || format!("the rebuild from offset 0 failed: {e}")),
         }
+        computed.push((replicas, digests.clone()));
+        result.push((*p, digests));
     }
-    (out.into_violations(), computed)
+    (out.into_violations(), result)
 }
 
-/// Parts of two digest sets that differ, by name.
-pub fn differing_parts(a: &Digests, b: &Digests) -> Vec<&'static str> {
-    let mut v = Vec::new();
-    for (name, x, y) in [
-        ("bars", &a.bars, &b.bars),
-        ("portfolio", &a.portfolio, &b.portfolio),
-        ("risk", &a.risk, &b.risk),
-        ("notifications", &a.notifications, &b.notifications),
-        ("audit", &a.audit, &b.audit),
-    ] {
-        if x != y {
-            v.push(name);
-        }
-    }
-    if v.is_empty() && a.all != b.all {
-        v.push("all");
-    }
-    v
+/// The first 16 hex digits of a digest: enough to tell two apart in a report.
+fn short(d: &str) -> &str {
+    &d[..d.len().min(16)]
 }
 
 fn check_log(log: &Log, scenario: &Scenario, out: &mut Findings) {
@@ -437,72 +430,73 @@ fn check_bars(log: &Log, scenario: &Scenario, out: &mut Findings) {
     }
 }
 
-fn check_replica(p: usize, replica: &dyn Replica, log: &Log, inputs: &BTreeSet<&str>, out: &mut Findings) {
-    let Some(proj) = replica.projections() else {
-        if log.events.iter().any(|(tp, ..)| inputs.contains(tp.topic)) {
-            out.add(Invariant::LostWrite, || format!("replica p{p} holds no projections at all"));
+/// Every event on a topic the replica reads is applied (unless its record was dead-lettered:
+/// refused, not lost), and its read model counts nothing twice.
+fn check_replica(p: usize, stage: &dyn Stage, log: &Log, out: &mut Findings) {
+    let Some(replica) = stage.read_replica() else { return };
+    let name = stage.name();
+    let inputs = stage.inputs();
+    let refused = |tp: &TopicPartition, offset: u64| log.letters_at.contains_key(&(tp.topic.to_string(), tp.partition, offset));
+    if !replica.holds_state() {
+        if log
+            .events
+            .iter()
+            .any(|(tp, offset, ..)| inputs.contains(&tp.topic) && !refused(tp, *offset))
+        {
+            out.add(Invariant::LostWrite, || format!("replica p{p}/{name} holds no read model at all"));
         }
         return;
-    };
+    }
     for (tp, offset, e, _) in &log.events {
-        if inputs.contains(tp.topic) && !proj.audit.contains_key(&e.id) {
+        if inputs.contains(&tp.topic) && !replica.has_applied(&e.id) && !refused(tp, *offset) {
             out.add(Invariant::LostWrite, || {
-                format!("{tp}@{offset} ({} {}) is not in replica p{p}'s audit trail", e.event_type(), e.id)
+                format!("{tp}@{offset} ({} {}) is not in replica p{p}/{name}", e.event_type(), e.id)
             });
         }
     }
-    let counted: u64 = proj.events_by_type.values().sum();
-    if counted != proj.audit.len() as u64 {
-        out.add(Invariant::DoubleApply, || {
-            format!(
-                "replica p{p} counts {counted} events by type but its audit trail holds {}",
-                proj.audit.len()
-            )
-        });
-    }
-    let mut by_type: BTreeMap<_, u64> = BTreeMap::new();
-    for a in proj.audit.values() {
-        *by_type.entry(a.event_type).or_insert(0) += 1;
-    }
-    for (t, n) in &proj.events_by_type {
-        let audited = by_type.get(t).copied().unwrap_or(0);
-        if *n != audited {
+    for t in replica.tallies() {
+        if t.counted != t.distinct {
             out.add(Invariant::DoubleApply, || {
-                format!("replica p{p} counts {n} {t} events, its audit trail {audited}")
+                format!("replica p{p}/{name} counts {} {} but holds {}", t.counted, t.what, t.distinct)
             });
         }
     }
 }
 
-/// A consumer straight on a broker (no faults), for the rebuild.
+/// A consumer straight on a broker (no faults), for the rebuild: group `group`.
 struct LogConsumer<'a> {
     broker: &'a mut Broker,
+    group: &'a str,
 }
 
 const REBUILD_GROUP: &str = "sim.rebuild";
 
 impl Consumer for LogConsumer<'_> {
     fn poll(&mut self, max_records: usize) -> Result<Polled, BusError> {
-        self.broker.poll(REBUILD_GROUP, "rebuild", max_records)
+        self.broker.poll(self.group, "rebuild", max_records)
     }
     fn commit(&mut self, offsets: &[(TopicPartition, u64)]) -> Result<(), BusError> {
-        self.broker.commit(REBUILD_GROUP, "rebuild", offsets)
+        self.broker.commit(self.group, "rebuild", offsets)
     }
     fn committed(&mut self, tp: TopicPartition) -> Result<u64, BusError> {
-        Ok(self.broker.committed(REBUILD_GROUP, tp))
+        Ok(self.broker.committed(self.group, tp))
     }
     fn fetch(&mut self, tp: TopicPartition, from: u64, to: u64) -> Result<Vec<Record>, BusError> {
         Ok(self.broker.read(tp, from, to))
     }
 }
 
-/// A fresh replica that has read the final log from offset 0.
-pub fn rebuild(broker: &mut Broker, scenario: &Scenario, services: Services) -> Result<Box<dyn Replica>, String> {
-    let mut replica = services.build(scenario).projections;
-    let inputs = replica.stage().inputs();
-    broker.join(REBUILD_GROUP, "rebuild", inputs);
-    let mut consumer = LogConsumer { broker };
-    drain(replica.stage(), &mut consumer, &mut NoProducer, 4096).map_err(|e| e.to_string())?;
-    consumer.broker.leave(REBUILD_GROUP, "rebuild");
-    Ok(replica)
+/// Fresh read replicas of the topology that have read the final log from offset 0.
+pub fn rebuild(broker: &mut Broker, scenario: &Scenario, topology: &Topology) -> Result<Vec<Box<dyn Stage>>, String> {
+    let mut replicas = Stages::build(topology, scenario).into_replicas();
+    for replica in replicas.iter_mut() {
+        // A group per replica: each reads the log from offset 0.
+        let group = format!("{REBUILD_GROUP}.{}", replica.name());
+        broker.join(&group, "rebuild", replica.inputs());
+        let mut consumer = LogConsumer { broker, group: &group };
+        let drained = drain(replica.as_mut(), &mut consumer, &mut NoProducer, 4096).map_err(|e| e.to_string());
+        consumer.broker.leave(&group, "rebuild");
+        drained?;
+    }
+    Ok(replicas)
 }

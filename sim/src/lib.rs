@@ -23,6 +23,7 @@
 pub mod driver;
 pub mod explore;
 pub mod feed;
+pub mod harness;
 pub mod invariants;
 pub mod profile;
 pub mod recorded;
@@ -40,4 +41,4 @@ pub use invariants::{Invariant, Violation};
 pub use profile::{FaultKind, FaultProfile, Knob, Protocol};
 pub use run::{Case, Outcome, Runner, DEFAULT_EVENTS};
 pub use schedule::{Fault, Schedule};
-pub use services::Services;
+pub use services::topology_named;

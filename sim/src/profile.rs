@@ -139,7 +139,7 @@ impl fmt::Display for FaultKind {
 pub struct FaultProfile {
     pub name: String,
     /// Processes in the deployment, each running every stage (like `horizon run` started twice),
-    /// so the market, signals and portfolio groups have this many members.
+    /// so every working stage's group has this many members.
     pub processes: u32,
     pub protocol: Protocol,
     /// How long a dead or stopped member keeps its partitions before the group expels it.

@@ -1,4 +1,4 @@
-//! One checked run: scenario + services + profile + seed → feed, schedule, simulated run,
+//! One checked run: scenario + topology + profile + seed → feed, schedule, simulated run,
 //! fault-free reference, invariants.
 //!
 //! The seed decides the market (unless `Case::feed_seed` pins it, or the market is a recording,
@@ -12,15 +12,14 @@ use crate::feed::Feed;
 use crate::invariants::{check, Invariant, Violation};
 use crate::profile::FaultProfile;
 use crate::schedule::{Bounds, Schedule, ScheduleTree};
-use crate::services::{drain, Services};
 use crate::trace::first_difference;
 use crate::world::{Counters, Layout};
 use horizon_core::event::Event;
-use horizon_core::memory::MemoryBus;
-use horizon_core::pipeline::{publish_feed, MemoryRun};
-use horizon_core::processor::Stats;
-use horizon_core::projections::{Digests, ProjectionService, Projections, Views};
+use horizon_core::pipeline::{projection_views, MemoryRun, Pipeline, ReadDigests};
+use horizon_core::processor::{Processor, Stats};
+use horizon_core::projections::{ProjectionService, Views};
 use horizon_core::scenario::Scenario;
+use horizon_core::topology::Topology;
 use proptest::strategy::ValueTree;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,7 +36,8 @@ const REFERENCE_CHUNK: usize = 8192;
 #[derive(Clone, Debug)]
 pub struct Case {
     pub scenario: Scenario,
-    pub services: Services,
+    /// What every process runs: the shipped topology, a user's, or a broken one.
+    pub topology: Arc<Topology>,
     /// As given: a swarm profile is resolved per seed.
     pub profile: FaultProfile,
     /// Trades taken from the generator; `None` for all of them.
@@ -51,14 +51,23 @@ pub struct Case {
 }
 
 impl Case {
+    /// A case of the shipped topology; `with_topology` for another.
     pub fn new(scenario: Scenario, profile: FaultProfile) -> Case {
         Case {
             scenario,
-            services: Services::Production,
+            topology: Arc::new(Topology::shipped()),
             profile,
             events: Some(DEFAULT_EVENTS),
             feed_seed: None,
             recorded: None,
+        }
+    }
+
+    /// A case of any topology (a user's: the shipped one plus their stages).
+    pub fn with_topology(scenario: Scenario, topology: Topology, profile: FaultProfile) -> Case {
+        Case {
+            topology: Arc::new(topology),
+            ..Case::new(scenario, profile)
         }
     }
 }
@@ -75,9 +84,9 @@ pub struct Outcome {
     pub violations: Vec<Violation>,
     /// The readable trace, when asked for.
     pub lines: Vec<String>,
-    pub reference: Digests,
-    pub replicas: Vec<(usize, Digests)>,
-    /// Each replica's read models, when the runner keeps them.
+    pub reference: ReadDigests,
+    pub replicas: Vec<(usize, ReadDigests)>,
+    /// Each process's shipped projections' views, when the runner keeps them.
     pub views: Vec<(usize, Views)>,
     pub counters: Counters,
     pub stats: BTreeMap<&'static str, Stats>,
@@ -102,7 +111,7 @@ pub struct Runner {
     /// Keep every replica's read models in the outcome (`Outcome::views`).
     pub keep_views: bool,
     feed: Option<(u64, Feed)>,
-    references: BTreeMap<(u64, String), Digests>,
+    references: BTreeMap<(u64, String), ReadDigests>,
 }
 
 impl Runner {
@@ -135,6 +144,7 @@ impl Runner {
     /// seed breaks.
     pub fn preflight(&mut self, seed: u64) -> Result<(), String> {
         let name = self.case.scenario.name.clone();
+        Pipeline::from_topology(&self.case.topology, &self.case.scenario).map_err(|e| e.to_string())?;
         let feed = self.base_feed(self.feed_seed(seed))?;
         if feed.items.is_empty() {
             return Err(format!("{name}: the market feed holds no events: nothing to run"));
@@ -146,11 +156,14 @@ impl Runner {
     pub fn bounds(&mut self, seed: u64, profile: &FaultProfile) -> Result<Bounds, String> {
         let symbols = self.case.scenario.symbols().len() as u32;
         let span_ms = self.base_feed(self.feed_seed(seed))?.span_ms();
+        let (stages, producing) = Bounds::stages_of(&self.case.topology);
         Ok(Bounds {
             span_ms,
             processes: profile.processes,
             symbols,
-            partitions: Layout::default().len() as u32,
+            partitions: Layout::new(self.case.topology.topics()).len() as u32,
+            stages,
+            producing,
         })
     }
 
@@ -181,7 +194,7 @@ impl Runner {
         let reference = match self.references.get(&key) {
             Some(d) => d.clone(),
             None => {
-                let d = reference(&self.case.scenario, self.case.services, feed.events())?;
+                let d = reference(&self.case.scenario, &self.case.topology, feed.events())?;
                 if self.references.len() >= 64 {
                     self.references.clear();
                 }
@@ -191,7 +204,7 @@ impl Runner {
         };
         let spec = RunSpec {
             scenario: &self.case.scenario,
-            services: self.case.services,
+            topology: &self.case.topology,
             profile,
             schedule,
             feed: &feed,
@@ -199,14 +212,15 @@ impl Runner {
             render,
         };
         let mut finished = simulate(&spec);
-        let (violations, replicas) = check(&mut finished, &self.case.scenario, self.case.services, &reference);
+        let (violations, replicas) = check(&mut finished, &self.case.scenario, &self.case.topology, &reference);
         let views = if self.keep_views {
-            let service = ProjectionService::from_scenario(&self.case.scenario);
-            let empty = Projections::default();
             finished
                 .replicas
                 .iter()
-                .map(|(p, r)| (*p, service.views(r.projections().unwrap_or(&empty))))
+                .filter_map(|(p, rs)| {
+                    let proj = rs.iter().find_map(|r| r.as_any()?.downcast_ref::<Processor<ProjectionService>>())?;
+                    Some((*p, projection_views(proj)))
+                })
                 .collect()
         } else {
             Vec::new()
@@ -279,36 +293,12 @@ impl Runner {
     }
 }
 
-/// The fault-free reference: the production pipeline's own `MemoryRun`, or for other services
-/// the same loop (one process, stage after stage, on the in-memory bus).
-pub fn reference(s: &Scenario, services: Services, events: Vec<Event>) -> Result<Digests, String> {
-    if services.is_production() {
-        return Ok(MemoryRun::run(s, events, REFERENCE_CHUNK).pipeline.digests());
-    }
-    let bus = MemoryBus::new();
-    let mut stages = services.build(s);
-    let mut consumers: Vec<_> = (0..4)
-        .map(|i| {
-            let st = stages.stage(i);
-            bus.consumer(st.name(), "member-0", st.inputs())
-        })
-        .collect();
-    let mut producer = bus.producer();
-    let mut settle = |stages: &mut crate::services::Stages, producer: &mut horizon_core::memory::MemoryProducer| -> Result<(), String> {
-        loop {
-            let mut progress = false;
-            for (i, c) in consumers.iter_mut().enumerate() {
-                progress |= drain(stages.stage(i), c, producer, 4096).map_err(|e| e.to_string())?;
-            }
-            if !progress {
-                return Ok(());
-            }
-        }
-    };
-    for chunk in events.chunks(REFERENCE_CHUNK) {
-        publish_feed(&mut producer, chunk).map_err(|e| e.to_string())?;
-        settle(&mut stages, &mut producer)?;
-    }
-    settle(&mut stages, &mut producer)?;
-    Ok(stages.projections.digests())
+/// The fault-free reference: the topology's `MemoryRun` (one process, stage after stage, on the
+/// in-memory bus), its read replicas' digests.
+pub fn reference(s: &Scenario, topology: &Topology, events: Vec<Event>) -> Result<ReadDigests, String> {
+    let pipeline = Pipeline::from_topology(topology, s).map_err(|e| e.to_string())?;
+    let mut run = MemoryRun::with_pipeline(pipeline);
+    run.try_feed_all(events, REFERENCE_CHUNK)
+        .map_err(|e| format!("the fault-free reference run failed: {e}"))?;
+    Ok(run.pipeline.read_digests())
 }

@@ -14,32 +14,25 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// The stages every process runs, in flow order; faults name them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StageId {
-    Market,
-    Signals,
-    Portfolio,
-    Projections,
-}
+/// A stage of the topology, by name: what a stage's fault names. Schedules say the name, so a
+/// saved schedule reads the same whatever the stages' order.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StageId(pub String);
 
 impl StageId {
-    pub const ALL: [StageId; 4] = [StageId::Market, StageId::Signals, StageId::Portfolio, StageId::Projections];
-    /// The stages that publish (the projections publish nothing, not even dead letters).
-    pub const PRODUCING: [StageId; 3] = [StageId::Market, StageId::Signals, StageId::Portfolio];
-
-    pub fn index(self) -> usize {
-        self as usize
+    pub fn new(name: &str) -> StageId {
+        StageId(name.to_string())
     }
 
-    pub fn name(self) -> &'static str {
-        match self {
-            StageId::Market => "market",
-            StageId::Signals => "signals",
-            StageId::Portfolio => "portfolio",
-            StageId::Projections => "projections",
-        }
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for StageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -248,7 +241,7 @@ impl fmt::Display for Fault {
             Fault::Outage { for_ms, .. } => write!(f, "{at}  broker outage for {}", format_ms(*for_ms)),
             Fault::RequestFailure {
                 process, stage, request, ..
-            } => write!(f, "{at}  fail the next {} of p{process}/{}", request.name(), stage.name()),
+            } => write!(f, "{at}  fail the next {} of p{process}/{stage}", request.name()),
             Fault::PartialFlush { process, stage, .. } => {
                 write!(f, "{at}  the next flush of p{process}/{} appends part, then fails", stage.name())
             }
@@ -258,13 +251,21 @@ impl fmt::Display for Fault {
                 partition,
                 extra_ms,
                 ..
-            } => write!(
-                f,
-                "{at}  deliveries of {} delayed {} ms more for {}",
-                crate::world::Layout::default().tp(*partition as usize),
-                extra_ms,
-                format_ms(*for_ms)
-            ),
+            } => {
+                // Partitions are numbered over the topology's topics; the shipped ones come
+                // first in every topology built on the shipped one.
+                let shipped = crate::world::Layout::new(&horizon_core::topics::ALL);
+                let which = match *partition as usize {
+                    i if i < shipped.len() => shipped.tp(i).to_string(),
+                    i => format!("partition #{i}"),
+                };
+                write!(
+                    f,
+                    "{at}  deliveries of {which} delayed {} ms more for {}",
+                    extra_ms,
+                    format_ms(*for_ms)
+                )
+            }
             Fault::FeedReconnect { replay, .. } => write!(f, "{at}  feed reconnects, replays {replay} trades per symbol"),
             Fault::FeedGap { for_ms, symbol, .. } => write!(f, "{at}  feed loses symbol #{symbol} for {}", format_ms(*for_ms)),
             Fault::FeedReorder { symbol, depth, .. } => {
@@ -368,6 +369,24 @@ pub struct Bounds {
     pub processes: u32,
     pub symbols: u32,
     pub partitions: u32,
+    /// Every stage of the topology, in flow order (request failures), and those that publish:
+    /// the working stages (flush faults; a read replica publishes only dead letters).
+    pub stages: Vec<StageId>,
+    pub producing: Vec<StageId>,
+}
+
+impl Bounds {
+    /// The stages of a topology as a schedule names them.
+    pub fn stages_of(topology: &horizon_core::topology::Topology) -> (Vec<StageId>, Vec<StageId>) {
+        let all = topology.stages().iter().map(|s| StageId::new(s.name)).collect();
+        let producing = topology
+            .stages()
+            .iter()
+            .filter(|s| !s.replica)
+            .map(|s| StageId::new(s.name))
+            .collect();
+        (all, producing)
+    }
 }
 
 fn knob_strategy(kind: FaultKind, knob: Knob, b: &Bounds) -> BoxedStrategy<Vec<Fault>> {
@@ -378,8 +397,8 @@ fn knob_strategy(kind: FaultKind, knob: Knob, b: &Bounds) -> BoxedStrategy<Vec<F
     let process = 0..b.processes.max(1);
     let up_to = knob.up_to.max(1);
     let duration = 0..=up_to;
-    let stage = proptest::sample::select(StageId::ALL.to_vec());
-    let producing = proptest::sample::select(StageId::PRODUCING.to_vec());
+    let stage = proptest::sample::select(b.stages.clone());
+    let producing = proptest::sample::select(b.producing.clone());
     let symbol = 0..b.symbols.max(1);
     let one: BoxedStrategy<Fault> = match kind {
         FaultKind::Crash => (at, process, duration, proptest::bool::ANY)
@@ -614,11 +633,14 @@ mod tests {
     use super::*;
 
     fn bounds() -> Bounds {
+        let (stages, producing) = Bounds::stages_of(&horizon_core::topology::Topology::shipped());
         Bounds {
             span_ms: 600_000,
             processes: 2,
             symbols: 3,
             partitions: 25,
+            stages,
+            producing,
         }
     }
 

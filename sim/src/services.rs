@@ -1,123 +1,72 @@
-//! The services a simulated process runs: the production ones (`horizon_core::pipeline`'s
-//! processing loops, unchanged), or with the `broken-services` feature a deliberately broken
-//! variant that the simulator must catch.
+//! What a simulated process runs: every stage of a `Topology` (the shipped one, a user's, or
+//! with the `broken-services` feature a shipped one with a deliberately broken stage that the
+//! simulator must catch), each through the production processing loop, unchanged.
 
 use horizon_core::bus::{BusError, Consumer, Producer, Topic};
-use horizon_core::pipeline::{Pipeline, Stage};
-use horizon_core::processor::{Processor, Stats, StepOutcome};
-use horizon_core::projections::{Digests, ProjectionService, Projections};
+use horizon_core::pipeline::Stage;
+use horizon_core::processor::{Stats, StepOutcome};
 use horizon_core::scenario::Scenario;
-use std::fmt;
+use horizon_core::topology::Topology;
 
-/// A projections stage: a `Stage` whose read models the invariants can inspect.
-pub trait Replica {
-    fn stage(&mut self) -> &mut dyn Stage;
-    fn projections(&self) -> Option<&Projections>;
-    fn digests(&self) -> Digests;
-}
-
-impl Replica for Processor<ProjectionService> {
-    fn stage(&mut self) -> &mut dyn Stage {
-        self
-    }
-    fn projections(&self) -> Option<&Projections> {
-        self.states().next().map(|(_, p)| p)
-    }
-    fn digests(&self) -> Digests {
-        let empty = Projections::default();
-        self.service().digests(Replica::projections(self).unwrap_or(&empty))
-    }
-}
-
-/// One process's stages, in flow order: market, signals, portfolio, projections.
+/// One process's stages, in the topology's flow order.
 pub struct Stages {
-    pub work: [Box<dyn Stage>; 3],
-    pub projections: Box<dyn Replica>,
+    pub stages: Vec<Box<dyn Stage>>,
 }
 
 impl Stages {
+    /// Every stage of `topology` for the scenario (which `Runner::preflight` has built once
+    /// already, so a failure here is a bug, not the user's input).
+    pub fn build(topology: &Topology, s: &Scenario) -> Stages {
+        Stages {
+            stages: topology
+                .build(s)
+                .unwrap_or_else(|e| panic!("a topology that built at preflight failed to build: {e}")),
+        }
+    }
+
     pub fn stage(&mut self, i: usize) -> &mut dyn Stage {
-        match i {
-            0..=2 => self.work[i].as_mut(),
-            _ => self.projections.stage(),
-        }
+        self.stages[i].as_mut()
     }
 
-    pub fn inputs(&mut self, i: usize) -> &'static [Topic] {
-        self.stage(i).inputs()
+    pub fn len(&self) -> usize {
+        self.stages.len()
     }
 
-    /// Total of a statistic over the stages.
-    pub fn stats(&mut self) -> Vec<(&'static str, Stats)> {
-        (0..4)
-            .map(|i| {
-                let s = self.stage(i);
-                (s.name(), s.stats().clone())
-            })
-            .collect()
+    pub fn is_empty(&self) -> bool {
+        self.stages.is_empty()
+    }
+
+    /// Each stage's statistics, by name.
+    pub fn stats(&self) -> Vec<(&'static str, Stats)> {
+        self.stages.iter().map(|s| (s.name(), s.stats().clone())).collect()
+    }
+
+    /// The read replicas, in flow order.
+    pub fn into_replicas(self) -> Vec<Box<dyn Stage>> {
+        self.stages.into_iter().filter(|s| s.read_replica().is_some()).collect()
     }
 }
 
-/// Which services the processes run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Services {
-    #[default]
-    Production,
+/// The topology `--broken NAME` names: `production` (the shipped one) or, with the feature, a
+/// shipped one with a broken stage.
+pub fn topology_named(name: &str) -> Result<Topology, String> {
+    if name == horizon_core::topology::SHIPPED {
+        return Ok(Topology::shipped());
+    }
     #[cfg(feature = "broken-services")]
-    Broken(crate::broken::Broken),
-}
-
-impl Services {
-    pub fn build(self, s: &Scenario) -> Stages {
-        match self {
-            Services::Production => {
-                let p = Pipeline::new(s);
-                Stages {
-                    work: [Box::new(p.market), Box::new(p.signals), Box::new(p.manager)],
-                    projections: Box::new(p.projections),
-                }
-            }
-            #[cfg(feature = "broken-services")]
-            Services::Broken(b) => b.build(s),
-        }
+    if let Some(b) = crate::broken::Broken::parse(name) {
+        return Ok(b.topology());
     }
-
-    /// Looks up `production` or, with the feature, a broken service's name.
-    pub fn parse(name: &str) -> Result<Services, String> {
-        if name == "production" {
-            return Ok(Services::Production);
-        }
-        #[cfg(feature = "broken-services")]
-        if let Some(b) = crate::broken::Broken::parse(name) {
-            return Ok(Services::Broken(b));
-        }
-        Err(Services::unknown(name))
+    #[cfg(feature = "broken-services")]
+    {
+        let known: Vec<&str> = crate::broken::Broken::ALL.iter().map(|b| b.name()).collect();
+        Err(format!("no broken service `{name}` (known: {})", known.join(", ")))
     }
-
-    fn unknown(name: &str) -> String {
-        #[cfg(feature = "broken-services")]
-        {
-            let known: Vec<&str> = crate::broken::Broken::ALL.iter().map(|b| b.name()).collect();
-            format!("no broken service `{name}` (known: {})", known.join(", "))
-        }
-        #[cfg(not(feature = "broken-services"))]
-        {
-            format!("no broken service `{name}`: this build has none (build with `--features broken-services`)")
-        }
-    }
-
-    pub fn is_production(self) -> bool {
-        self == Services::Production
-    }
-}
-
-impl fmt::Display for Services {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Services::Production => f.write_str("production"),
-            #[cfg(feature = "broken-services")]
-            Services::Broken(b) => f.write_str(b.name()),
-        }
+    #[cfg(not(feature = "broken-services"))]
+    {
+        Err(format!(
+            "no broken service `{name}`: this build has none (build with `--features broken-services`)"
+        ))
     }
 }
 

@@ -8,44 +8,44 @@
 //! loop (`horizon_core::processor`) runs here exactly as on Kafka. Every request is traced.
 
 use crate::profile::Protocol;
-use crate::schedule::{Delivery, Fault, StageId};
+use crate::schedule::{Delivery, Fault};
 use crate::trace::{ranges, Trace};
 use bytes::Bytes;
 use horizon_core::bus::{BusError, Consumer, Polled, Producer, Record, RefusedRecord, Topic, TopicPartition};
 use horizon_core::memory::Broker;
-use horizon_core::topics;
+use horizon_core::topology::TopicSpec;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
-/// Stages per process.
-pub const STAGES: usize = 4;
-
-/// Every partition of every topic, numbered in `topics::ALL` order.
+/// Every partition of every topic, numbered in the topology's topic order.
 #[derive(Clone, Debug)]
 pub struct Layout {
     tps: Vec<TopicPartition>,
     base: Vec<usize>,
+    topics: Vec<(Topic, u32)>,
 }
 
-impl Default for Layout {
-    fn default() -> Layout {
+impl Layout {
+    pub fn new(specs: &[TopicSpec]) -> Layout {
         let mut tps = Vec::new();
         let mut base = Vec::new();
-        for t in topics::ALL {
+        for t in specs {
             base.push(tps.len());
             tps.extend((0..t.partitions).map(|p| TopicPartition {
                 topic: t.name,
                 partition: p,
             }));
         }
-        Layout { tps, base }
+        Layout {
+            tps,
+            base,
+            topics: specs.iter().map(|t| (t.name, t.partitions)).collect(),
+        }
     }
-}
 
-impl Layout {
     pub fn len(&self) -> usize {
         self.tps.len()
     }
@@ -58,17 +58,25 @@ impl Layout {
         self.tps[i % self.tps.len()]
     }
 
-    pub fn topic_index(topic: &str) -> Option<usize> {
-        topics::ALL.iter().position(|t| t.name == topic)
+    pub fn topic_index(&self, topic: &str) -> Option<usize> {
+        self.topics.iter().position(|(t, _)| *t == topic)
     }
 
     pub fn index(&self, tp: TopicPartition) -> Option<usize> {
-        let t = Layout::topic_index(tp.topic)?;
-        (tp.partition < topics::ALL[t].partitions).then(|| self.base[t] + tp.partition as usize)
+        let t = self.topic_index(tp.topic)?;
+        (tp.partition < self.topics[t].1).then(|| self.base[t] + tp.partition as usize)
     }
 
     pub fn topic_partitions(&self, t: usize) -> std::ops::Range<usize> {
-        self.base[t]..self.base[t] + topics::ALL[t].partitions as usize
+        self.base[t]..self.base[t] + self.topics[t].1 as usize
+    }
+
+    /// The partitions of a topic, by name (empty for one the layout lacks).
+    pub fn partitions_of(&self, topic: &str) -> std::ops::Range<usize> {
+        match self.topic_index(topic) {
+            Some(t) => self.topic_partitions(t),
+            None => 0..0,
+        }
     }
 }
 
@@ -136,9 +144,18 @@ impl Queue {
     }
 }
 
+/// Whose a consumer group is: one working stage's, shared by every process, or one process's
+/// copy of a read replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupOf {
+    Shared { stage: usize },
+    Replica { process: usize, stage: usize },
+}
+
 /// A consumer group as the simulator tracks it.
 pub struct GroupRt {
     pub name: String,
+    pub of: GroupOf,
     /// The broker's generation of the group, as of its last rebalance.
     generation: u64,
     pub topics: &'static [Topic],
@@ -245,13 +262,23 @@ pub enum Who {
     Stage(usize, usize),
 }
 
+/// A stage as the world needs it: its name, what it reads, and whether it is a read replica
+/// (a group per process) or a working stage (one group shared by every process).
+#[derive(Clone, Copy, Debug)]
+pub struct StagePlan {
+    pub name: &'static str,
+    pub inputs: &'static [Topic],
+    pub replica: bool,
+}
+
 /// What a world is made from.
 pub struct WorldConfig<'a> {
     pub seed: u64,
     /// Process slots: the deployment plus one per scale-out.
     pub slots: usize,
-    /// The input topics of each stage.
-    pub inputs: [&'static [Topic]; STAGES],
+    /// Every process's stages, in flow order, and the topics.
+    pub stages: &'a [StagePlan],
+    pub topics: &'a [TopicSpec],
     pub protocol: Protocol,
     pub max_poll_records: usize,
     pub delivery: Delivery,
@@ -270,7 +297,11 @@ pub struct World {
     pub groups: Vec<GroupRt>,
     /// Per topic index: the groups that consume it.
     subscribers: Vec<Vec<usize>>,
-    pub slots: Vec<[Slot; STAGES]>,
+    /// Per process, per stage: its group.
+    group_index: Vec<Vec<usize>>,
+    /// The stages' names, by stage index (for the trace).
+    pub stage_names: Vec<&'static str>,
+    pub slots: Vec<Vec<Slot>>,
     pub procs: Vec<ProcRt>,
     pub trace: Trace,
     pub queue: Queue,
@@ -302,7 +333,8 @@ impl World {
         let WorldConfig {
             seed,
             slots: slots_total,
-            inputs,
+            stages,
+            topics,
             protocol,
             max_poll_records,
             delivery,
@@ -311,7 +343,7 @@ impl World {
             producer_message_bytes_max,
             broker_message_bytes_max,
         } = c;
-        let layout = Layout::default();
+        let layout = Layout::new(topics);
         let n = layout.len();
         let rng = |stream| {
             let mut r = ChaCha8Rng::seed_from_u64(seed);
@@ -326,48 +358,70 @@ impl World {
                 ..ProcRt::default()
             })
             .collect();
+        // The working stages' groups first, then each process's replicas.
         let mut groups = Vec::new();
-        for (stage, topics) in StageId::ALL.iter().zip(inputs).take(STAGES - 1) {
-            groups.push(GroupRt::new(stage.name().to_string(), topics, n));
+        let mut group_index = vec![vec![0; stages.len()]; slots_total];
+        for (s, st) in stages.iter().enumerate().filter(|(_, st)| !st.replica) {
+            for row in group_index.iter_mut() {
+                row[s] = groups.len();
+            }
+            groups.push(GroupRt::new(st.name.to_string(), GroupOf::Shared { stage: s }, st.inputs, n));
         }
-        for p in 0..slots_total {
-            groups.push(GroupRt::new(format!("{}.p{p}", StageId::Projections.name()), inputs[3], n));
+        for (p, row) in group_index.iter_mut().enumerate() {
+            for (s, st) in stages.iter().enumerate().filter(|(_, st)| st.replica) {
+                row[s] = groups.len();
+                groups.push(GroupRt::new(
+                    format!("{}.p{p}", st.name),
+                    GroupOf::Replica { process: p, stage: s },
+                    st.inputs,
+                    n,
+                ));
+            }
         }
-        let mut subscribers = vec![Vec::new(); topics::ALL.len()];
+        let mut subscribers = vec![Vec::new(); topics.len()];
         for (g, group) in groups.iter().enumerate() {
             for t in group.topics {
-                if let Some(i) = Layout::topic_index(t) {
+                if let Some(i) = layout.topic_index(t) {
                     subscribers[i].push(g);
                 }
             }
         }
         let slots = (0..slots_total)
-            .map(|p| std::array::from_fn(|s| Slot::new(if s < 3 { s } else { 3 + p }, n)))
+            .map(|p| (0..stages.len()).map(|s| Slot::new(group_index[p][s], n)).collect())
             .collect();
+        let stage_names: Vec<&'static str> = stages.iter().map(|s| s.name).collect();
+        // A fault naming a stage the topology lacks never fires.
+        let stage_of = |id: &crate::schedule::StageId| stage_names.iter().position(|n| *n == id.name()).unwrap_or(usize::MAX);
         let ms = 1_000_000;
         let mut one_shots = Vec::new();
         let mut spikes = Vec::new();
         for f in faults {
-            let shot = |process: u32, stage: Option<StageId>, kind| OneShot {
+            let shot = |process: u32, stage: Option<usize>, kind| OneShot {
                 at_ns: f.at_ms() * ms,
                 process: process as usize,
-                stage: stage.map(StageId::index),
+                stage,
                 kind,
                 fired: false,
             };
-            match *f {
+            match f {
                 Fault::Crash {
                     process,
                     down_ms,
                     in_flush: true,
                     ..
-                } => one_shots.push(shot(process, None, OneShotKind::CrashInFlush(down_ms * ms))),
+                } => one_shots.push(shot(*process, None, OneShotKind::CrashInFlush(down_ms * ms))),
                 Fault::RequestFailure {
                     process, stage, request, ..
-                } => one_shots.push(shot(process, Some(stage), OneShotKind::Fail(request))),
-                Fault::PartialFlush { process, stage, .. } => one_shots.push(shot(process, Some(stage), OneShotKind::PartialFlush)),
-                Fault::ProducerDuplicate { process, stage, .. } => one_shots.push(shot(process, Some(stage), OneShotKind::Duplicate)),
-                Fault::ProducerReorder { process, stage, .. } => one_shots.push(shot(process, Some(stage), OneShotKind::Reorder)),
+                } => one_shots.push(shot(*process, Some(stage_of(stage)), OneShotKind::Fail(*request))),
+                Fault::PartialFlush { process, stage, .. } => {
+                    one_shots.push(shot(*process, Some(stage_of(stage)), OneShotKind::PartialFlush))
+                }
+                Fault::ProducerDuplicate { process, stage, .. } => {
+                    one_shots.push(shot(*process, Some(stage_of(stage)), OneShotKind::Duplicate))
+                }
+                Fault::ProducerReorder { process, stage, .. } => {
+                    one_shots.push(shot(*process, Some(stage_of(stage)), OneShotKind::Reorder))
+                }
                 Fault::DelaySpike {
                     at_ms,
                     for_ms,
@@ -376,19 +430,21 @@ impl World {
                 } => spikes.push(Spike {
                     from_ns: at_ms * ms,
                     to_ns: (at_ms + for_ms) * ms,
-                    tp: partition as usize % n,
+                    tp: *partition as usize % n,
                     extra_ns: extra_ms * ms,
                 }),
                 _ => {}
             }
         }
         World {
-            broker: Broker::new(),
+            broker: Broker::with_topics(topics),
             now: 0,
             arrival: vec![Vec::new(); n],
             layout,
             groups,
             subscribers,
+            group_index,
+            stage_names,
             slots,
             procs,
             trace: Trace::new(render),
@@ -429,16 +485,13 @@ impl World {
         true
     }
 
-    pub fn group_of(p: usize, s: usize) -> usize {
-        if s < 3 {
-            s
-        } else {
-            3 + p
-        }
+    pub fn group_of(&self, p: usize, s: usize) -> usize {
+        self.group_index[p][s]
     }
 
-    pub fn who(p: usize, s: usize) -> String {
-        format!("p{p}/{}", StageId::ALL[s].name())
+    /// A stage of a process, as the trace names it.
+    pub fn who(&self, p: usize, s: usize) -> String {
+        stage_label(&self.stage_names, p, s)
     }
 
     // ---- time, outages, one-shot faults ----
@@ -458,7 +511,7 @@ impl World {
     fn refuse(&mut self, p: usize, s: usize, what: &str) -> BusError {
         self.counters.requests_failed += 1;
         self.trace.entry(21, &[self.now, p as u64, s as u64]);
-        let who = World::who(p, s);
+        let who = stage_label(&self.stage_names, p, s);
         self.trace
             .line(self.now, || format!("{who:<16} {what} refused: broker unavailable"));
         BusError::Unavailable(format!("{what}: broker unavailable (simulated outage)"))
@@ -501,13 +554,13 @@ impl World {
         if self.trace.rendering() {
             let who = match who {
                 Who::Gateway => "gateway".to_string(),
-                Who::Stage(p, s) => World::who(p, s),
+                Who::Stage(p, s) => stage_label(&self.stage_names, p, s),
             };
             // A short hash of the bytes, so two renderings part where the bytes do.
             let hash = blake3::hash(&value).to_hex()[..8].to_string();
             self.trace.line(self.now, || format!("{who:<16} append {t}@{offset} #{hash}"));
         }
-        let Some(ti) = Layout::topic_index(t.topic) else { return };
+        let Some(ti) = self.layout.topic_index(t.topic) else { return };
         for gi in 0..self.subscribers[ti].len() {
             let g = self.subscribers[ti][gi];
             self.schedule_deliver(g, tp);
@@ -557,7 +610,10 @@ impl World {
         self.trace.entry(2, &[self.now, g as u64, tp as u64, upto]);
         self.schedule_deliver(g, tp);
         let p = self.groups[g].owner[tp]?;
-        Some((p, if g < 3 { g } else { 3 }))
+        let s = match self.groups[g].of {
+            GroupOf::Shared { stage } | GroupOf::Replica { stage, .. } => stage,
+        };
+        Some((p, s))
     }
 
     // ---- scheduling the stages ----
@@ -610,10 +666,9 @@ impl World {
     // ---- membership ----
 
     fn members_of(&self, g: usize) -> Vec<(usize, usize)> {
-        if g < 3 {
-            (0..self.slots.len()).map(|p| (p, g)).collect()
-        } else {
-            vec![(g - 3, 3)]
+        match self.groups[g].of {
+            GroupOf::Shared { stage } => (0..self.slots.len()).map(|p| (p, stage)).collect(),
+            GroupOf::Replica { process, stage } => vec![(process, stage)],
         }
     }
 
@@ -656,8 +711,8 @@ impl World {
         self.trace.entry(4, &[self.now, p as u64, inc as u64]);
         self.trace.line(self.now, || format!("process p{p} starts (incarnation {inc})"));
         let n = self.layout.len();
-        for s in 0..STAGES {
-            let g = World::group_of(p, s);
+        for s in 0..self.stage_names.len() {
+            let g = self.group_of(p, s);
             let member = format!("p{p}.{inc}");
             let topics = self.groups[g].topics;
             self.broker.join(&self.groups[g].name, &member, topics);
@@ -700,8 +755,8 @@ impl World {
         if alive_same && self.procs[p].paused_until <= self.now {
             return; // it came back in time
         }
-        let present: Vec<usize> = (0..STAGES)
-            .filter(|&s| self.broker.members(&self.groups[World::group_of(p, s)].name).contains(&member))
+        let present: Vec<usize> = (0..self.stage_names.len())
+            .filter(|&s| self.broker.members(&self.groups[self.group_of(p, s)].name).contains(&member))
             .collect();
         if present.is_empty() {
             return;
@@ -711,7 +766,7 @@ impl World {
         self.trace
             .line(self.now, || format!("session of {member} expired: expelled from its groups"));
         for s in present {
-            let g = World::group_of(p, s);
+            let g = self.group_of(p, s);
             let name = self.groups[g].name.clone();
             self.broker.leave(&name, &member);
             if alive_same {
@@ -732,8 +787,8 @@ impl World {
         self.trace.entry(7, &[self.now, p as u64]);
         self.trace.line(self.now, || format!("process p{p} leaves"));
         let member = format!("p{p}.{inc}");
-        for s in 0..STAGES {
-            let g = World::group_of(p, s);
+        for s in 0..self.stage_names.len() {
+            let g = self.group_of(p, s);
             let name = self.groups[g].name.clone();
             self.broker.leave(&name, &member);
             self.slots[p][s].in_group = false;
@@ -744,7 +799,12 @@ impl World {
     /// Groups whose consumption the run must finish: every group of a process that is not
     /// retired.
     pub fn live_groups(&self) -> Vec<usize> {
-        (0..self.groups.len()).filter(|&g| g < 3 || !self.procs[g - 3].retired).collect()
+        (0..self.groups.len())
+            .filter(|&g| match self.groups[g].of {
+                GroupOf::Shared { .. } => true,
+                GroupOf::Replica { process, .. } => !self.procs[process].retired,
+            })
+            .collect()
     }
 
     // ---- consumer requests ----
@@ -809,8 +869,9 @@ impl World {
                 slot.notices.push_back(Polled::Revoked(lost));
             }
             let (name, member, topics) = (self.groups[g].name.clone(), slot.member.clone(), self.groups[g].topics);
-            self.trace
-                .line(self.now, || format!("{:<16} learns it was expelled; rejoins", World::who(p, s)));
+            self.trace.line(self.now, || {
+                format!("{:<16} learns it was expelled; rejoins", stage_label(&self.stage_names, p, s))
+            });
             self.broker.join(&name, &member, topics);
             self.after_rebalance(g);
         }
@@ -829,8 +890,9 @@ impl World {
             if self.trace.rendering() {
                 let list: Vec<String> = tps.iter().map(|t| t.to_string()).collect();
                 let what = if tag == 10 { "revoked" } else { "assigned" };
-                self.trace
-                    .line(self.now, || format!("{:<16} {what} {}", World::who(p, s), list.join(" ")));
+                self.trace.line(self.now, || {
+                    format!("{:<16} {what} {}", stage_label(&self.stage_names, p, s), list.join(" "))
+                });
             }
             return Ok(notice);
         }
@@ -866,7 +928,8 @@ impl World {
         self.counters.records_delivered += out.len() as u64;
         if self.trace.rendering() {
             let text = ranges(&taken);
-            self.trace.line(self.now, || format!("{:<16} poll {text}", World::who(p, s)));
+            self.trace
+                .line(self.now, || format!("{:<16} poll {text}", stage_label(&self.stage_names, p, s)));
         }
         Ok(Polled::Records(out))
     }
@@ -878,8 +941,9 @@ impl World {
         if self.request_fails(p, s, crate::schedule::Request::Commit) {
             self.counters.requests_failed += 1;
             self.trace.entry(22, &[self.now, p as u64, s as u64]);
-            self.trace
-                .line(self.now, || format!("{:<16} FAULT commit request fails", World::who(p, s)));
+            self.trace.line(self.now, || {
+                format!("{:<16} FAULT commit request fails", stage_label(&self.stage_names, p, s))
+            });
             return Err(BusError::Unavailable("commit: request timed out (simulated)".into()));
         }
         let g = self.slots[p][s].group;
@@ -903,8 +967,9 @@ impl World {
                 Ok(()) => "".to_string(),
                 Err(e) => format!(" REFUSED ({e})"),
             };
-            self.trace
-                .line(self.now, || format!("{:<16} commit {}{verdict}", World::who(p, s), list.join(" ")));
+            self.trace.line(self.now, || {
+                format!("{:<16} commit {}{verdict}", stage_label(&self.stage_names, p, s), list.join(" "))
+            });
         }
         result
     }
@@ -917,7 +982,10 @@ impl World {
             self.counters.requests_failed += 1;
             self.trace.entry(23, &[self.now, p as u64, s as u64]);
             self.trace.line(self.now, || {
-                format!("{:<16} FAULT committed-offset request for {tp} fails", World::who(p, s))
+                format!(
+                    "{:<16} FAULT committed-offset request for {tp} fails",
+                    stage_label(&self.stage_names, p, s)
+                )
             });
             return Err(BusError::Unavailable("committed: request timed out (simulated)".into()));
         }
@@ -933,7 +1001,10 @@ impl World {
             self.counters.requests_failed += 1;
             self.trace.entry(24, &[self.now, p as u64, s as u64]);
             self.trace.line(self.now, || {
-                format!("{:<16} FAULT fetch of {tp} [{from}..{to}) fails", World::who(p, s))
+                format!(
+                    "{:<16} FAULT fetch of {tp} [{from}..{to}) fails",
+                    stage_label(&self.stage_names, p, s)
+                )
             });
             return Err(BusError::Unavailable("fetch: request timed out (simulated)".into()));
         }
@@ -941,7 +1012,11 @@ impl World {
         let records = self.broker.read(tp, from, to);
         let n = records.len();
         self.trace.line(self.now, || {
-            format!("{:<16} restore reads {tp} [{from}..{}) ", World::who(p, s), from + n as u64)
+            format!(
+                "{:<16} restore reads {tp} [{from}..{}) ",
+                stage_label(&self.stage_names, p, s),
+                from + n as u64
+            )
         });
         Ok(records)
     }
@@ -981,7 +1056,10 @@ impl World {
                 self.trace.entry(33, &[self.now, p as u64, s as u64, refused.len() as u64]);
                 let n = refused.len();
                 self.trace.line(self.now, || {
-                    format!("{:<16} broker refuses {n} record(s) of the flush for their size", World::who(p, s))
+                    format!(
+                        "{:<16} broker refuses {n} record(s) of the flush for their size",
+                        stage_label(&self.stage_names, p, s)
+                    )
                 });
             }
         }
@@ -1015,7 +1093,7 @@ impl World {
                 self.trace.line(self.now, || {
                     format!(
                         "{:<16} FAULT dies publishing: {k} of {} records appended",
-                        World::who(p, s),
+                        stage_label(&self.stage_names, p, s),
                         records.len()
                     )
                 });
@@ -1028,8 +1106,9 @@ impl World {
             Some(OneShotKind::Fail(_)) => {
                 self.counters.requests_failed += 1;
                 self.trace.entry(26, &[self.now, p as u64, s as u64]);
-                self.trace
-                    .line(self.now, || format!("{:<16} FAULT flush fails, nothing appended", World::who(p, s)));
+                self.trace.line(self.now, || {
+                    format!("{:<16} FAULT flush fails, nothing appended", stage_label(&self.stage_names, p, s))
+                });
                 Err(BusError::Unavailable("flush: produce request timed out (simulated)".into()))
             }
             Some(OneShotKind::PartialFlush) => {
@@ -1043,7 +1122,7 @@ impl World {
                 self.trace.line(self.now, || {
                     format!(
                         "{:<16} FAULT flush appends {k} of {} records, then fails",
-                        World::who(p, s),
+                        stage_label(&self.stage_names, p, s),
                         records.len()
                     )
                 });
@@ -1063,7 +1142,10 @@ impl World {
                 self.trace.entry(28, &[self.now, p as u64, s as u64, tp as u64]);
                 let t = self.layout.tp(tp);
                 self.trace.line(self.now, || {
-                    format!("{:<16} FAULT a retry appends the {t} batch twice", World::who(p, s))
+                    format!(
+                        "{:<16} FAULT a retry appends the {t} batch twice",
+                        stage_label(&self.stage_names, p, s)
+                    )
                 });
                 for r in records {
                     self.append(r.tp, r.key, r.value, who);
@@ -1093,7 +1175,7 @@ impl World {
                 self.trace.line(self.now, || {
                     format!(
                         "{:<16} FAULT {t}: the last {} of {n} records land before the first {split}",
-                        World::who(p, s),
+                        stage_label(&self.stage_names, p, s),
                         n - split
                     )
                 });
@@ -1125,9 +1207,10 @@ impl World {
 }
 
 impl GroupRt {
-    fn new(name: String, topics: &'static [Topic], n: usize) -> GroupRt {
+    fn new(name: String, of: GroupOf, topics: &'static [Topic], n: usize) -> GroupRt {
         GroupRt {
             name,
+            of,
             generation: 0,
             topics,
             visible: vec![0; n],
@@ -1154,6 +1237,11 @@ impl Slot {
             backoff_ns: 0,
         }
     }
+}
+
+/// A stage of a process, as the trace names it: `p<process>/<stage>`.
+pub fn stage_label(stage_names: &[&str], p: usize, s: usize) -> String {
+    format!("p{p}/{}", stage_names[s])
 }
 
 /// A stage's consumer: one member of its group, over the shared world.
@@ -1199,7 +1287,7 @@ impl Producer for SimProducer<'_> {
             w.counters.refused_at_send += 1;
             let now = w.now;
             w.trace.entry(34, &[now, self.p as u64, self.s as u64, value.len() as u64]);
-            let who = World::who(self.p, self.s);
+            let who = stage_label(&w.stage_names, self.p, self.s);
             w.trace
                 .line(now, || format!("{who:<16} send to {topic}/{partition} refused: {reason}"));
             return Err(BusError::Refused(vec![RefusedRecord { index: 0, reason }]));
@@ -1229,15 +1317,15 @@ mod tests {
 
     #[test]
     fn the_layout_numbers_every_partition_once() {
-        let l = Layout::default();
-        let total: u32 = topics::ALL.iter().map(|t| t.partitions).sum();
+        let l = Layout::new(&horizon_core::topics::ALL);
+        let total: u32 = horizon_core::topics::ALL.iter().map(|t| t.partitions).sum();
         assert_eq!(l.len(), total as usize);
         for i in 0..l.len() {
             assert_eq!(l.index(l.tp(i)), Some(i));
         }
         assert_eq!(
             l.index(TopicPartition {
-                topic: topics::MARKET_FEED,
+                topic: horizon_core::topics::MARKET_FEED,
                 partition: 99
             }),
             None

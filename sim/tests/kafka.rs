@@ -6,10 +6,11 @@ mod common;
 use common::{failures, scenario, seeds, SCENARIOS};
 use horizon_core::bus::partition_for;
 use horizon_core::topics;
+use horizon_core::topology::Topology;
 use horizon_sim::driver::{simulate, RunSpec};
 use horizon_sim::feed::Feed;
 use horizon_sim::schedule::{strategy, Request, StageId};
-use horizon_sim::{explore, Case, Fault, FaultProfile, Invariant, Runner, Schedule, Services};
+use horizon_sim::{explore, Case, Fault, FaultProfile, Invariant, Runner, Schedule};
 use proptest::prelude::*;
 
 #[test]
@@ -85,7 +86,7 @@ fn a_fetch_that_fails_while_restoring_loses_nothing() {
             Fault::RequestFailure {
                 at_ms: 0,
                 process: 1,
-                stage: StageId::Market,
+                stage: StageId::new("market"),
                 request: Request::Fetch,
             },
             Fault::ScaleOut { at_ms: 0, for_ms: 749 },
@@ -106,7 +107,7 @@ fn a_record_nobody_consumed_is_a_lost_write() {
     let profile = FaultProfile::none();
     let spec = RunSpec {
         scenario: &s,
-        services: Services::Production,
+        topology: &Topology::shipped(),
         profile: &profile,
         schedule: &schedule,
         feed: &feed,
@@ -114,8 +115,8 @@ fn a_record_nobody_consumed_is_a_lost_write() {
         render: false,
     };
     let mut finished = simulate(&spec);
-    let reference = horizon_sim::run::reference(&s, Services::Production, feed.events()).unwrap();
-    let (clean, _) = horizon_sim::invariants::check(&mut finished, &s, Services::Production, &reference);
+    let reference = horizon_sim::run::reference(&s, &Topology::shipped(), feed.events()).unwrap();
+    let (clean, _) = horizon_sim::invariants::check(&mut finished, &s, &Topology::shipped(), &reference);
     assert!(clean.is_empty(), "{clean:?}");
     let mut extra = Feed::generate(&s, 4, Some(1)).unwrap().items.remove(0).event;
     if let horizon_core::event::Payload::Trade(t) = &mut extra.payload {
@@ -128,7 +129,7 @@ fn a_record_nobody_consumed_is_a_lost_write() {
         .broker
         .append(topics::MARKET_FEED, partition, key.into_bytes().into(), extra.encode().into())
         .unwrap();
-    let (found, _) = horizon_sim::invariants::check(&mut finished, &s, Services::Production, &reference);
+    let (found, _) = horizon_sim::invariants::check(&mut finished, &s, &Topology::shipped(), &reference);
     assert!(
         found
             .iter()

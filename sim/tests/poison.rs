@@ -7,7 +7,7 @@ mod common;
 use common::scenario;
 use horizon_sim::broken::Broken;
 use horizon_sim::schedule::PoisonKind;
-use horizon_sim::{Case, Fault, FaultProfile, Invariant, Runner, Schedule, Services};
+use horizon_sim::{Case, Fault, FaultProfile, Invariant, Runner, Schedule};
 
 fn poison(at_ms: u64, kind: PoisonKind) -> Fault {
     Fault::Poison { at_ms, symbol: 1, kind }
@@ -51,7 +51,7 @@ fn a_stage_that_retries_a_refused_record_is_stuck_and_the_size_limit_is_what_cat
     // Given the market that dead-letters records whole and retries what is refused
     let profile = FaultProfile::none();
     let mut case = Case::new(scenario("quick"), profile.clone());
-    case.services = Services::Broken(Broken::WholeDeadLetter);
+    case.topology = std::sync::Arc::new(Broken::WholeDeadLetter.topology());
     let mut runner = Runner::new(case);
     let oversized = Schedule {
         faults: vec![poison(60_000, PoisonKind::Oversized)],

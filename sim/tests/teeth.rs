@@ -5,14 +5,16 @@
 mod common;
 
 use common::{failures, scenario};
+use horizon_core::topology::Topology;
 use horizon_sim::broken::Broken;
-use horizon_sim::{explore, shrink_seed, Case, ExploreOptions, FaultProfile, Invariant, Runner, Services};
+use horizon_sim::{explore, shrink_seed, Case, ExploreOptions, FaultProfile, Invariant, Runner};
+use std::sync::Arc;
 
 const SEEDS: u64 = 30;
 
-fn case(services: Services) -> Case {
+fn case(topology: Topology) -> Case {
     let mut c = Case::new(scenario("quick"), FaultProfile::kafka());
-    c.services = services;
+    c.topology = Arc::new(topology);
     c
 }
 
@@ -45,12 +47,12 @@ fn expected(b: Broken) -> Invariant {
 
 #[test]
 fn the_production_services_pass_the_seeds_the_teeth_are_tested_on() {
-    let reports = explore(&case(Services::Production), &options(), |_| {});
+    let reports = explore(&case(Topology::shipped()), &options(), |_| {});
     assert_eq!(failures(&reports), "");
 }
 
 fn caught_and_shrunk(b: Broken) -> horizon_sim::Shrunk {
-    let c = case(Services::Broken(b));
+    let c = case(b.topology());
     let mut opts = options();
     if b == Broken::HashOrder {
         opts.determinism_every = 1;
@@ -166,14 +168,14 @@ fn recorded_bars(n: i64) -> horizon_sim::feed::Feed {
 #[test]
 fn on_a_bar_recording_commit_first_loses_the_recorded_trades_and_production_does_not() {
     let bars = std::sync::Arc::new(recorded_bars(400));
-    let bar_case = |services| Case {
+    let bar_case = |topology: Topology| Case {
         recorded: Some(bars.clone()),
-        services,
+        topology: Arc::new(topology),
         ..Case::new(scenario("ftx-jan-2022"), FaultProfile::kafka())
     };
-    let production = explore(&bar_case(Services::Production), &options(), |_| {});
+    let production = explore(&bar_case(Topology::shipped()), &options(), |_| {});
     assert_eq!(failures(&production), "");
-    let broken = explore(&bar_case(Services::Broken(Broken::CommitFirst)), &options(), |_| {});
+    let broken = explore(&bar_case(Broken::CommitFirst.topology()), &options(), |_| {});
     let lost = broken
         .iter()
         .flat_map(|r| &r.violations)

@@ -1,5 +1,6 @@
 //! A Kafka broker (or cluster) of a test's own, and the `horizon` binary, for the tests that run
-//! deployments as child processes (`kafka_parity.rs`, `query_api.rs`).
+//! deployments as child processes (`kafka_parity.rs`, `query_api.rs`, and the example crate's
+//! `examples/bollinger/tests/kafka_parity.rs`, which includes this file).
 //!
 //! `scripts/kafka start --fresh` on a free port with its own `HORIZON_KAFKA_STATE` under the
 //! target dir, stopped and wiped on drop, so its topics hold exactly what the test published. A
@@ -14,8 +15,12 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+/// The `horizon` binary of the crate under test (the root crate's tests only).
 pub fn horizon() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_horizon"))
+    match option_env!("CARGO_BIN_EXE_horizon") {
+        Some(bin) => Command::new(bin),
+        None => panic!("only the root crate's tests run `horizon`"),
+    }
 }
 
 /// Runs `horizon ARGS`, which must succeed, and returns its stdout.
@@ -30,8 +35,14 @@ pub fn run_cli(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `scripts/kafka` of the workspace (the crate under test may be a member below its root, like
+/// `examples/bollinger`).
 fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka")
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors()
+        .map(|d| d.join("scripts/kafka"))
+        .find(|p| p.is_file())
+        .expect("scripts/kafka above the crate")
 }
 
 fn port_free(p: u16) -> bool {
