@@ -199,7 +199,7 @@ impl<S: ReadModel + 'static> ReadReplica for Replica<S> {
     }
 }
 
-/// The services accepted by `horizon run --services`, of the shipped topology.
+/// The stage names of a topology, in flow order: what `horizon run --services` accepts.
 pub fn service_names(topology: &Topology) -> Vec<&'static str> {
     topology.stages().iter().map(|s| s.name).collect()
 }
