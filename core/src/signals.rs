@@ -290,19 +290,30 @@ impl Strategy for Breakout {
     }
 }
 
-/// One symbol's evaluation state: its strategies (one per configured slot, in slot order) and
-/// what it last signalled.
+/// One symbol's evaluation state: its strategies (one per configured slot, in slot order),
+/// what it last signalled, and the bars that arrived ahead of their turn.
 pub struct SymbolSignals {
     next_seq: u64,
     strategies: Vec<Box<dyn Strategy>>,
     direction: Direction,
+    /// Bar events past `next_seq`, by sequence number: a producer that is not idempotent can
+    /// land two of the market's requests out of order, so bar `n + 1` may precede bar `n` on the
+    /// partition. The market numbers every bar (gaps are filled with flat bars), so the missing
+    /// one arrives, and the held bars are evaluated in sequence order after it.
+    pending: BTreeMap<u64, Event>,
 }
 
 #[derive(Default)]
 pub struct SignalState {
     symbols: BTreeMap<String, SymbolSignals>,
     pub duplicates_dropped: u64,
+    /// Bars never received, gone past after `PENDING_BARS_MAX` later ones were held.
+    pub bars_skipped: u64,
 }
+
+/// Bars a symbol holds ahead of a missing one before it stops waiting for it: far more than a
+/// reordered pair of the market's requests can hold.
+pub const PENDING_BARS_MAX: usize = 1024;
 
 /// `SignalState` as snapshot bytes: each strategy's state in its own encoding, under its
 /// registered name, so a snapshot taken with other strategies configured is refused.
@@ -310,6 +321,7 @@ pub struct SignalState {
 struct StateBytes {
     symbols: Vec<(String, SymbolBytes)>,
     duplicates_dropped: u64,
+    bars_skipped: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -317,6 +329,8 @@ struct SymbolBytes {
     next_seq: u64,
     direction: Direction,
     strategies: Vec<(String, Vec<u8>)>,
+    /// The held bar events, encoded as on the wire.
+    pending: Vec<Vec<u8>>,
 }
 
 pub struct SignalService {
@@ -334,6 +348,7 @@ impl SignalService {
             next_seq: 0,
             strategies: self.config.strategies.iter().map(StrategySlot::build).collect(),
             direction: Direction::Flat,
+            pending: BTreeMap::new(),
         }
     }
 
@@ -410,11 +425,13 @@ impl Service for SignalService {
                         next_seq: sym.next_seq,
                         direction: sym.direction,
                         strategies,
+                        pending: sym.pending.values().map(Event::encode).collect(),
                     };
                     (symbol.clone(), sym)
                 })
                 .collect(),
             duplicates_dropped: state.duplicates_dropped,
+            bars_skipped: state.bars_skipped,
         };
         crate::snapshot::state_to_bytes(&bytes)
     }
@@ -424,6 +441,7 @@ impl Service for SignalService {
         let mut state = SignalState {
             symbols: BTreeMap::new(),
             duplicates_dropped: bytes.duplicates_dropped,
+            bars_skipped: bytes.bars_skipped,
         };
         for (symbol, sym) in bytes.symbols {
             if sym.strategies.len() != self.config.strategies.len() {
@@ -438,6 +456,11 @@ impl Service for SignalService {
             }
             fresh.next_seq = sym.next_seq;
             fresh.direction = sym.direction;
+            for bytes in &sym.pending {
+                let e = Event::decode(bytes).ok()?;
+                let Payload::Bar(b) = &e.payload else { return None };
+                fresh.pending.insert(b.seq, e);
+            }
             state.symbols.insert(symbol, fresh);
         }
         Some(state)
@@ -459,13 +482,33 @@ impl Service for SignalService {
             return Ok(());
         }
         let sym = state.symbols.entry(bar.symbol.clone()).or_insert_with(|| self.new_symbol());
-        if bar.seq < sym.next_seq {
-            // Already evaluated (a redelivered or re-published bar): the output exists.
+        if bar.seq < sym.next_seq || sym.pending.contains_key(&bar.seq) {
+            // Already evaluated or held (a redelivered or re-published bar): its output exists
+            // or will.
             state.duplicates_dropped += 1;
             return Ok(());
         }
-        sym.next_seq = bar.seq + 1;
-        out.push(self.evaluate(sym, bar, event));
+        if bar.seq > sym.next_seq {
+            sym.pending.insert(bar.seq, event.clone());
+            if sym.pending.len() <= PENDING_BARS_MAX {
+                return Ok(());
+            }
+            // The missing bars are not coming (the stage was started part-way into a series,
+            // say): go on from the first held one.
+            let (&first, _) = sym.pending.first_key_value().expect("just inserted");
+            state.bars_skipped += first - sym.next_seq;
+            sym.next_seq = first;
+        } else {
+            sym.next_seq = bar.seq + 1;
+            out.push(self.evaluate(sym, bar, event));
+        }
+        while let Some(held) = sym.pending.remove(&sym.next_seq) {
+            let Payload::Bar(b) = &held.payload else {
+                unreachable!("only bars are held")
+            };
+            sym.next_seq = b.seq + 1;
+            out.push(self.evaluate(sym, b, &held));
+        }
         Ok(())
     }
 }
@@ -587,6 +630,70 @@ mod tests {
                 == 1
         );
         assert_eq!(state.duplicates_dropped, 1);
+    }
+
+    fn crossover_service() -> SignalService {
+        SignalService::new(SignalConfig {
+            portfolio_id: "p".into(),
+            interval_ms: 60_000,
+            max_weight: "0.5".parse().unwrap(),
+            strategies: vec![slot(EMA_CROSSOVER, "fast = 2\nslow = 3\nfull_strength_spread = \"0.01\"")],
+        })
+    }
+
+    fn signals_of(svc: &SignalService, state: &mut SignalState, order: &[usize], events: &[Event]) -> Vec<Output> {
+        let mut out = Vec::new();
+        for &i in order {
+            svc.handle(state, &events[i], &mut out).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn bars_that_land_out_of_order_give_the_signals_of_bars_in_order() {
+        // Given five bars, and the same bars with 2 and 3 swapped and 1 after 4 (a producer
+        // that is not idempotent landing the market's requests out of order)
+        let svc = crossover_service();
+        let events: Vec<Event> = (0..5).map(|i| bar_event(&bar(i, 100 + 10 * i as i64))).collect();
+        let in_order = signals_of(&svc, &mut SignalState::default(), &[0, 1, 2, 3, 4], &events);
+        // When they are handled in that order, a held bar redelivered too
+        let mut state = SignalState::default();
+        let mut out = signals_of(&svc, &mut state, &[0, 3, 2, 4], &events);
+        assert_eq!(out.len(), 1, "only bar 0 can be evaluated before bar 1 arrives");
+        // the held bars survive a snapshot,
+        let mut state = svc.decode_state(&svc.encode_state(&state).unwrap()).unwrap();
+        out.extend(signals_of(&svc, &mut state, &[3, 1], &events));
+        // then the signals are those of the bars in order, each once
+        assert_eq!(out, in_order);
+        assert_eq!(state.duplicates_dropped, 1);
+        assert_eq!(state.bars_skipped, 0);
+    }
+
+    #[test]
+    fn a_bar_that_never_comes_is_waited_for_up_to_the_bound_then_gone_past() {
+        // Given bar 0, then bars 2 onwards: bar 1 is missing for good
+        let svc = crossover_service();
+        let mut state = SignalState::default();
+        let n = PENDING_BARS_MAX as u64 + 2;
+        let events: Vec<Event> = (0..=n).map(|i| bar_event(&bar(i, 100))).collect();
+        let order: Vec<usize> = std::iter::once(0).chain(2..=n as usize).collect();
+        // When one more than the bound is held
+        let out = signals_of(&svc, &mut state, &order, &events);
+        // Then it stops waiting: every held bar is evaluated, in order, and the gap counted
+        assert_eq!(out.len(), PENDING_BARS_MAX + 2, "bar 0 and every held one");
+        assert_eq!(state.bars_skipped, 1);
+        let seqs: Vec<u64> = out
+            .iter()
+            .map(|o| match &o.event.payload {
+                Payload::Signal(s) => s.bar.seq,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in bar order");
+        // and a bar at the bound is held, not evaluated early
+        let mut held = SignalState::default();
+        let out = signals_of(&svc, &mut held, &order[..order.len() - 1], &events);
+        assert_eq!(out.len(), 1);
     }
 
     /// A market that rises, breaks out, falls through the channel and recovers: every branch of

@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 /// is held compactly (`projections::AuditTrail`): ids as raw bytes, names interned. 4: the
 /// audit trail as columns in id order (ids, times, shape indices), loaded without hashing. 5: the
 /// signals' strategies each encode their own state (`strategy::Strategy::encode_state`), under
-/// their registered names.
-pub const SNAPSHOT_VERSION: u32 = 5;
+/// their registered names. 6: the signals hold bars that arrived ahead of their turn.
+pub const SNAPSHOT_VERSION: u32 = 6;
 
 #[derive(Serialize, Deserialize)]
 struct Header {
