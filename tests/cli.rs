@@ -345,15 +345,11 @@ fn explore_runs_a_window_of_a_recording() {
     assert!(stdout.contains("every invariant held for every seed"), "{stdout}");
 }
 
-/// A case that fails on purpose, fast: `chaos` with many reordered and duplicated producer
-/// batches (beyond Kafka's guarantees, see docs/simulator.md); seeds 40..70 fail at 46 and 68.
-const FAILING_CASE: [&str; 5] = [
-    "quick",
-    "--profile",
-    "chaos",
-    "--faults",
-    "producer-reorder=40:0,producer-duplicate=20",
-];
+/// A case that fails on purpose, fast: the simulator's deliberately broken `no-dedup` signals
+/// (every bar evaluated, a re-published one twice) under `kafka`; seeds
+/// 40..70 fail at 53, 67 and 69. The root crate's dev-dependency turns the broken services on
+/// for the binary these tests run.
+const FAILING_CASE: [&str; 5] = ["quick", "--profile", "kafka", "--broken", "no-dedup"];
 
 /// A scratch folder, removed with everything in it on drop.
 struct Scratch(std::path::PathBuf);
@@ -401,7 +397,10 @@ fn explore_shards_merge_to_the_failures_of_one_unsharded_run() {
     let merged = horizon(&["explore", "merge", &file("2.json"), &file("1.json")]);
     let stdout = String::from_utf8_lossy(&merged.stdout);
     assert_eq!(merged.status.code(), Some(1), "a failed seed fails the merge: {stdout}");
-    assert!(stdout.contains("merged 2 result files of quick --profile chaos"), "{stdout}");
+    assert!(
+        stdout.contains("merged 2 result files of quick --profile kafka --broken no-dedup"),
+        "{stdout}"
+    );
     assert!(stdout.contains("seeds 40..55 55..70"), "{stdout}");
     assert!(stdout.contains("30 seeds in") && stdout.contains("seeds/s"), "{stdout}");
     assert_eq!(failure_table(&merged), failure_table(&whole));
@@ -409,13 +408,16 @@ fn explore_shards_merge_to_the_failures_of_one_unsharded_run() {
     // The file: versioned, the case, the slice, and each failure's replay command as printed.
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(file("1.json")).unwrap()).unwrap();
     assert_eq!(v["format"], 1);
-    assert_eq!(v["case"]["profile"], "chaos");
+    assert_eq!(v["case"]["profile"], "kafka");
     assert_eq!((v["shard"]["k"].as_u64(), v["shard"]["n"].as_u64()), (Some(1), Some(2)));
     assert_eq!((v["ran"]["first"].as_u64(), v["ran"]["end"].as_u64()), (Some(40), Some(55)));
     let failures = v["failures"].as_array().unwrap();
     assert!(!failures.is_empty(), "{v}");
     let replay = failures[0]["replay"].as_str().unwrap();
-    assert!(replay.starts_with("horizon replay quick --profile chaos --faults"), "{replay}");
+    assert!(
+        replay.starts_with("horizon replay quick --profile kafka --broken no-dedup --seed "),
+        "{replay}"
+    );
     assert!(String::from_utf8_lossy(&whole.stdout).contains(replay));
     assert!(failures[0]["violations"][0]["invariant"].is_string());
 }
